@@ -1,0 +1,1 @@
+"""xray_jax: pediatric chest X-ray pneumonia classification in JAX."""

@@ -1,0 +1,31 @@
+"""Model registry: `--model=NAME` imports `xray_jax/models/NAME.py` and uses its `Model`.
+
+A model file exposes `Model(nn.Module)` with a `num_classes` field, called as
+`model(images_BxHxWx1, train=bool)` on float images in [0, 1] and returning logits
+[B, num_classes]. Dropping such a file here is the whole job of adding an architecture.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import flax.linen as nn
+
+from xray_jax.errors import UsageError
+
+
+def available() -> list[str]:
+  """Names of the model files in this folder."""
+  return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def get_model(name: str, *, num_classes: int = 2, **kwargs) -> nn.Module:
+  known = available()
+  if name not in known:
+    raise UsageError(f"Unknown --model={name!r}; known models: {', '.join(known)}. "
+                     f"To add one, create xray_jax/models/{name}.py exposing `Model`.")
+  module = importlib.import_module(f"{__name__}.{name}")
+  if not hasattr(module, "Model"):
+    raise UsageError(f"xray_jax/models/{name}.py defines no `Model` class.")
+  return module.Model(num_classes=num_classes, **kwargs)

@@ -1,0 +1,44 @@
+"""The CNN tuned for this task: VGG-style blocks with BatchNorm, global pooling, dropout.
+
+Five blocks of two Conv 3x3 -> BatchNorm -> ReLU, then a 2x2 max-pool; widths double
+from 16. Narrow early blocks keep the cost at 128x128 low (the first block runs on the
+most pixels); global average pooling keeps the head small and lets the model take any
+image size divisible by 32. The last block's activations are sown as `features` for
+saliency methods that need the last conv block (Grad-CAM).
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from xray_jax import layers
+
+
+class ConvBN(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False)(x)  # BatchNorm supplies the bias
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    return nn.relu(x)
+
+
+class Model(nn.Module):
+  num_classes: int = 2
+  widths: tuple[int, ...] = (16, 32, 64, 128, 256)
+  dropout: float = 0.3
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    factor = 2 ** len(self.widths)
+    if x.shape[1] % factor or x.shape[2] % factor:
+      raise ValueError(f"cnn needs an image size divisible by {factor}; got {x.shape[1]}x{x.shape[2]}.")
+    for i, width in enumerate(self.widths):
+      x = ConvBN(width)(x, train=train)
+      x = ConvBN(width)(x, train=train)
+      if i == len(self.widths) - 1:
+        self.sow("intermediates", "features", x)
+      x = layers.max_pool_2x2(x)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(x)

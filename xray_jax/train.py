@@ -1,0 +1,66 @@
+"""Trains a model: `python -m xray_jax.train --model=cnn --data_dir=PATH --workdir=runs/cnn`.
+
+Running the same command again after a kill resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from xray_jax import augment
+from xray_jax import cli
+from xray_jax import evaluate
+from xray_jax import trainer
+
+_D = trainer.TrainConfig()
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", _D.model, "Model name: a file in xray_jax/models/ (cnn, mlp, refcnn, ...).")
+flags.DEFINE_string("data_dir", None, "Folder of the Kaggle download holding train/ (and val/, test/). "
+                    "Prepared once into --tfds_data_dir; without it, the prepared data is used.")
+flags.DEFINE_string("tfds_data_dir", None, "Where prepared TFDS data lives (default $TFDS_DATA_DIR or "
+                    "~/tensorflow_datasets).")
+flags.DEFINE_string("workdir", "runs/default", "Run folder: checkpoints, metrics.jsonl, TensorBoard, reports.")
+flags.DEFINE_bool("overwrite", False, "Delete an existing run in --workdir instead of resuming it.")
+flags.DEFINE_integer("image_size", _D.image_size, "Images are resized to image_size x image_size.")
+flags.DEFINE_integer("batch_size", _D.batch_size, "Training batch size.")
+flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Evaluation batch size.")
+flags.DEFINE_integer("num_epochs", _D.num_epochs, "Epochs over the train split.")
+flags.DEFINE_integer("num_steps", _D.num_steps, "If > 0, train this many steps instead of --num_epochs.")
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Peak learning rate (AdamW, warm-up then cosine decay).")
+flags.DEFINE_float("warmup_epochs", _D.warmup_epochs, "Epochs of linear learning-rate warm-up.")
+flags.DEFINE_float("weight_decay", _D.weight_decay, "AdamW decoupled weight decay.")
+flags.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing of the cross-entropy targets.")
+flags.DEFINE_bool("augment", _D.augment, "On-device random affine and intensity augmentation in training.")
+flags.DEFINE_float("aug_rotate_deg", _D.augment_config.rotate_deg, "Max rotation, degrees.")
+flags.DEFINE_float("aug_scale", _D.augment_config.scale, "Max zoom change (fraction).")
+flags.DEFINE_float("aug_shift", _D.augment_config.shift, "Max shift (fraction of the image size).")
+flags.DEFINE_float("aug_brightness", _D.augment_config.brightness, "Max brightness change.")
+flags.DEFINE_float("aug_contrast", _D.augment_config.contrast, "Max contrast change (fraction).")
+flags.DEFINE_float("aug_gamma", _D.augment_config.gamma, "Gamma exponent range is [1/(1+g), 1+g].")
+flags.DEFINE_integer("seed", _D.seed, "Seed of initialisation, data order, augmentation and dropout.")
+flags.DEFINE_integer("log_every_steps", _D.log_every_steps, "Console progress every N steps.")
+flags.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps,
+                     "Checkpoint every N steps as well as at each epoch end.")
+flags.DEFINE_enum("best_metric", _D.best_metric, ["roc_auc", "loss", "accuracy"],
+                  "Validation metric that picks the best checkpoint.")
+
+
+def config_from_flags() -> trainer.TrainConfig:
+  names = {f.name for f in dataclasses.fields(trainer.TrainConfig)} - {"augment_config", "num_classes"}
+  aug = augment.AugmentConfig(
+      rotate_deg=FLAGS.aug_rotate_deg, scale=FLAGS.aug_scale, shift=FLAGS.aug_shift,
+      brightness=FLAGS.aug_brightness, contrast=FLAGS.aug_contrast, gamma=FLAGS.aug_gamma)
+  return trainer.TrainConfig(augment_config=aug, **{n: FLAGS[n].value for n in names})
+
+
+def main(argv: list[str]) -> None:
+  best = trainer.train_and_evaluate(config_from_flags(), FLAGS.workdir, overwrite=FLAGS.overwrite)
+  evaluate.evaluate_workdir(FLAGS.workdir, split="validation")  # the report of the best checkpoint
+  print(f"Best validation checkpoint: step {best.get('step')}, ROC AUC {best.get('roc_auc', float('nan')):.4f}, "
+        f"accuracy {best.get('accuracy', float('nan')):.4f}. Reports: {FLAGS.workdir}/reports/")
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,373 @@
+"""The training library: state, one pure train step, evaluation, and the resumable loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from absl import logging
+import flax.linen as nn
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tensorflow as tf
+
+from xray_jax import augment as augment_lib
+from xray_jax import checkpoints
+from xray_jax import chest_xray
+from xray_jax import input_pipeline
+from xray_jax import losses
+from xray_jax import metrics
+from xray_jax import models
+from xray_jax.errors import UsageError
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+# Changing these under an existing workdir would restore weights into the wrong model.
+INCOMPATIBLE_KEYS = ("model", "image_size", "num_classes")
+THRESHOLD_RULE = ("maximises Youden's J (sensitivity + specificity - 1) on the validation split, "
+                  "carved from Kaggle train/ by patient")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  model: str = "cnn"
+  data_dir: str | None = None
+  tfds_data_dir: str | None = None
+  image_size: int = 128
+  num_classes: int = 2
+  batch_size: int = 32
+  eval_batch_size: int = 128
+  num_epochs: int = 10
+  num_steps: int = 0  # > 0: stop after this many steps instead (quick checks)
+  learning_rate: float = 1e-3
+  warmup_epochs: float = 1.0
+  weight_decay: float = 1e-4
+  label_smoothing: float = 0.0
+  augment: bool = True
+  augment_config: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
+  seed: int = 0
+  log_every_steps: int = 50
+  checkpoint_every_steps: int = 500
+  best_metric: str = "roc_auc"  # roc_auc | loss | accuracy, on the validation split
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, d: dict[str, Any]) -> "TrainConfig":
+    d = dict(d)
+    d["augment_config"] = augment_lib.AugmentConfig(**d.get("augment_config", {}))
+    return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+def create_model(config: TrainConfig) -> nn.Module:
+  return models.get_model(config.model, num_classes=config.num_classes)
+
+
+def create_learning_rate_fn(config: TrainConfig, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up to --learning_rate, then cosine decay to zero at the last step."""
+  warmup = min(int(config.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps=warmup,
+                                            decay_steps=max(total_steps, warmup + 1), end_value=0.0)
+
+
+def create_train_state(config: TrainConfig, model: nn.Module, rng: jax.Array,
+                       learning_rate_fn: optax.Schedule) -> TrainState:
+  dummy = jnp.zeros((1, config.image_size, config.image_size, 1), jnp.float32)
+  try:
+    variables = jax.jit(functools.partial(model.init, train=False))(rng, dummy)
+  except Exception as e:  # e.g. shapes the architecture cannot pool down
+    raise UsageError(f"--model={config.model} cannot take --image_size={config.image_size}: {e}") from e
+  tx = optax.adamw(learning_rate_fn, weight_decay=config.weight_decay)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                           batch_stats=variables.get("batch_stats", {}))
+
+
+def param_count(params: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array, *,
+               class_weights: jnp.ndarray, augment_config: augment_lib.AugmentConfig | None,
+               label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+  """One optimizer step on uint8 images; augmentation and dropout keyed by (rng, step)."""
+  step_rng = jax.random.fold_in(rng, state.step)
+  aug_rng, dropout_rng = jax.random.split(step_rng)
+  images = batch["image"].astype(jnp.float32) / 255.0
+  if augment_config is not None:
+    images = augment_lib.augment_batch(aug_rng, images, augment_config)
+  labels = batch["label"]
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images, train=True,
+                                     rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    loss = losses.weighted_softmax_xent(logits=logits, labels=labels, class_weights=class_weights,
+                                        label_smoothing=label_smoothing)
+    return loss, (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+  probs = jax.nn.softmax(logits)
+  step_metrics = {
+      "loss": loss,
+      "grad_norm": optax.global_norm(grads),
+      "param_norm": optax.global_norm(state.params),
+      # Per-example outputs: the host needs them for the epoch's ROC AUC.
+      "prob": probs[:, 1],
+      "nll": -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0] + 1e-12),
+      "label": labels,
+  }
+  return state, step_metrics
+
+
+def eval_step(state: TrainState, images: jnp.ndarray) -> jnp.ndarray:
+  """Class probabilities in inference mode (running BatchNorm statistics, no dropout)."""
+  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                          images.astype(jnp.float32) / 255.0, train=False)
+  return jax.nn.softmax(logits.astype(jnp.float32))
+
+
+_eval_step = jax.jit(eval_step)
+
+
+@dataclasses.dataclass
+class Predictions:
+  labels: np.ndarray
+  probs: np.ndarray  # P(PNEUMONIA)
+  file_names: list[str]
+
+  @property
+  def nll(self) -> np.ndarray:
+    p = np.where(self.labels == 1, self.probs, 1.0 - self.probs)
+    return -np.log(np.clip(p, 1e-12, 1.0))
+
+
+def predict(state: TrainState, batches: Iterable[input_pipeline.Batch]) -> Predictions:
+  """Runs masked eval batches; padding is dropped, every real example appears once."""
+  labels, probs, names = [], [], []
+  for batch in batches:
+    p = np.asarray(_eval_step(state, batch["image"]))[:, 1]
+    keep = batch["mask"]
+    labels.append(batch["label"][keep])
+    probs.append(p[keep])
+    names.extend(n.decode() for n in batch["file_name"][keep])
+  return Predictions(np.concatenate(labels).astype(np.int32), np.concatenate(probs).astype(np.float64), names)
+
+
+def is_better(candidate: dict[str, float], best: dict[str, float] | None, metric: str) -> bool:
+  """Strictly better on `metric`; ties go to the lower loss (a saturated AUC says little)."""
+  if best is None:
+    return True
+  sign = -1.0 if metric == "loss" else 1.0
+  key = lambda m: (sign * m[metric], -m["loss"])
+  c, b = key(candidate), key(best)
+  return not np.isnan(c[0]) and (np.isnan(b[0]) or c > b)
+
+
+def prepare_workdir(config: TrainConfig, workdir: str, overwrite: bool) -> None:
+  """Writes config.json, or checks that an existing run is one this config can resume."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path) and overwrite:
+    logging.warning("--overwrite: deleting the run in %s", workdir)
+    shutil.rmtree(workdir)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    clash = {k: (old.get(k), getattr(config, k)) for k in INCOMPATIBLE_KEYS if old.get(k) != getattr(config, k)}
+    if clash:
+      desc = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in clash.items())
+      raise UsageError(f"--workdir={workdir} holds a run with a different setup ({desc}). Pass another "
+                       "--workdir, or --overwrite to delete that run.")
+    changed = {k: v for k, v in config.to_json().items() if old.get(k) != v and k not in ("data_dir",)}
+    if changed:
+      logging.warning("Resuming %s with changed settings %s (were %s)", workdir, changed,
+                      {k: old.get(k) for k in changed})
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(config.to_json(), f, indent=2)
+
+
+def load_config(workdir: str) -> TrainConfig:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise UsageError(f"--workdir={workdir} holds no {CONFIG_FILE}: it is not a training run's workdir. "
+                     "Train first with `python -m xray_jax.train --workdir=...`.")
+  with open(path) as f:
+    return TrainConfig.from_json(json.load(f))
+
+
+class MetricsLog:
+  """One JSON line per evaluation in the workdir, mirrored to TensorBoard."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.path = os.path.join(workdir, METRICS_FILE)
+    if os.path.exists(self.path):  # drop lines a killed run wrote after its last checkpoint
+      with open(self.path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+      with open(self.path, "w") as f:
+        f.writelines(kept)
+    self.writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+  def write(self, record: dict[str, Any]) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    with self.writer.as_default():
+      for k, v in record.items():
+        if isinstance(v, (int, float)) and k != "step":
+          tf.summary.scalar(k, v, step=record["step"])
+    self.writer.flush()
+
+
+def _check_finite(step: int, m: dict[str, np.ndarray], file_names: np.ndarray) -> None:
+  if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+    names = ", ".join(n.decode() for n in file_names[:8]) + (" ..." if len(file_names) > 8 else "")
+    raise FloatingPointError(
+        f"Training diverged at step {step}: loss={float(m['loss'])}, grad_norm={float(m['grad_norm'])}; "
+        f"batch files: {names}. The last good checkpoint is kept. Try a lower --learning_rate, "
+        "a longer --warmup_epochs, or check those images.")
+
+
+def _format_seconds(s: float) -> str:
+  s = int(s)
+  return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = False) -> dict[str, Any]:
+  """Trains (resuming from the workdir's last checkpoint), keeps the best, returns its metrics."""
+  models.get_model(config.model)  # fail fast on an unknown name, before any data work
+  if config.best_metric not in ("roc_auc", "loss", "accuracy"):
+    raise UsageError(f"--best_metric={config.best_metric!r} must be one of roc_auc, loss, accuracy.")
+  builder = chest_xray.load_builder(data_dir=config.data_dir, tfds_data_dir=config.tfds_data_dir,
+                                    image_size=config.image_size)
+  prepare_workdir(config, workdir, overwrite)
+  meta = builder.info.metadata
+  if meta["skipped"]:
+    logging.warning("%d file(s) of the data folder were skipped (listed in %s/metadata.json), e.g. %s",
+                    len(meta["skipped"]), builder.data_dir, meta["skipped"][0])
+  n_train = input_pipeline.num_examples(builder, "train")
+  n_val = input_pipeline.num_examples(builder, "validation")
+  if config.batch_size > n_train:
+    raise UsageError(f"--batch_size={config.batch_size} is larger than the train split ({n_train} images); "
+                     f"pass --batch_size<={n_train}.")
+  counts = input_pipeline.class_counts(builder, "train")
+  weights = losses.class_weights(counts)
+  logging.info("Train split: %d images (%d patients), validation: %d images (%d patients).", n_train,
+               meta["patients"]["train"], n_val, meta["patients"]["validation"])
+  logging.info("Class counts %s -> class weights %s", dict(zip(("NORMAL", "PNEUMONIA"), counts)),
+               dict(zip(("NORMAL", "PNEUMONIA"), np.round(weights, 4).tolist())))
+
+  steps_per_epoch = n_train // config.batch_size
+  total_steps = config.num_steps or config.num_epochs * steps_per_epoch
+  rng = jax.random.key(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  model = create_model(config)
+  learning_rate_fn = create_learning_rate_fn(config, total_steps, steps_per_epoch)
+  state = create_train_state(config, model, init_rng, learning_rate_fn)
+  logging.info("Model %s: %s parameters", config.model, f"{param_count(state.params):,}")
+
+  latest = checkpoints.manager(workdir, checkpoints.LATEST, max_to_keep=2)
+  best_mngr = checkpoints.manager(workdir, checkpoints.BEST, max_to_keep=1)
+  best: dict[str, float] | None = None
+  start_step = 0
+  if latest.latest_step() is not None:
+    state, ckpt_meta = checkpoints.restore(latest, latest.latest_step(), state)
+    start_step = int(state.step)
+    best = ckpt_meta.get("best")
+    logging.info("Resuming from step %d of %d (checkpoint in %s)", start_step, total_steps, latest.directory)
+  if start_step >= total_steps:
+    logging.info("The run in %s is already complete (%d steps).", workdir, total_steps)
+
+  train_ds = input_pipeline.load_split(builder, "train", config.image_size)
+  val_ds = input_pipeline.load_split(builder, "validation", config.image_size)
+  step_fn = jax.jit(functools.partial(
+      train_step, class_weights=jnp.asarray(weights),
+      augment_config=config.augment_config if config.augment else None,
+      label_smoothing=config.label_smoothing), donate_argnums=0)
+  log = MetricsLog(workdir, start_step)
+
+  def evaluate_and_save(step: int, epoch_outputs: dict[str, list[np.ndarray]]) -> None:
+    nonlocal best
+    preds = predict(state, input_pipeline.eval_batches(val_ds, num_examples=n_val,
+                                                       batch_size=config.eval_batch_size))
+    val = metrics.summarize(preds.labels, preds.probs, preds.nll)
+    train = metrics.summarize(*(np.concatenate(epoch_outputs[k]) for k in ("label", "prob", "nll"))) \
+        if epoch_outputs["label"] else {}
+    record = {"step": step, "epoch": round(step / steps_per_epoch, 3),
+              "learning_rate": float(learning_rate_fn(step)),
+              **{f"train_{k}": v for k, v in train.items() if k != "num_examples"},
+              **{f"val_{k}": v for k, v in val.items() if k != "num_examples"}}
+    improved = is_better(val, best, config.best_metric)
+    if improved:
+      best = {**val, "step": step}
+    ckpt_meta = {"step": step, "best": best, "val": val, "class_weights": weights.tolist(),
+                 "chosen_threshold": metrics.youden_threshold(preds.labels, preds.probs),
+                 "threshold_rule": THRESHOLD_RULE}
+    if improved:
+      checkpoints.save(best_mngr, step, state, ckpt_meta)
+    checkpoints.save(latest, step, state, ckpt_meta)
+    log.write(record)
+    logging.info("epoch %.2f step %d | train loss %.4f acc %.4f auc %.4f | val loss %.4f acc %.4f auc %.4f%s",
+                 record["epoch"], step, train.get("loss", np.nan), train.get("accuracy", np.nan),
+                 train.get("roc_auc", np.nan), val["loss"], val["accuracy"], val["roc_auc"],
+                 "  (best so far: saved)" if improved else "")
+
+  step = start_step
+  pending = None  # (step, device metrics, file names): fetched one step late, so the host never stalls
+  epoch_outputs: dict[str, list[np.ndarray]] = {"label": [], "prob": [], "nll": []}
+  t0, steps_timed = time.perf_counter(), 0
+
+  def collect(p) -> dict[str, np.ndarray]:
+    s, m, names = p
+    m = jax.device_get(m)
+    _check_finite(s, m, names)
+    for k in epoch_outputs:
+      epoch_outputs[k].append(np.asarray(m[k]))
+    return m
+
+  while step < total_steps:
+    epoch, offset = divmod(step, steps_per_epoch)
+    batches = input_pipeline.train_batches(train_ds, num_examples=n_train, batch_size=config.batch_size,
+                                           seed=config.seed, epoch=epoch, skip_batches=offset)
+    for batch in batches:
+      if step >= total_steps:
+        break
+      state, m = step_fn(state, {"image": batch["image"], "label": batch["label"]}, train_rng)
+      step += 1
+      if pending is not None:
+        last = collect(pending)
+        if steps_timed == 0:  # time from here: the first step included compilation
+          t0 = time.perf_counter()
+        steps_timed += 1
+        if pending[0] % config.log_every_steps == 0 and steps_timed > 1:
+          rate = (steps_timed - 1) / (time.perf_counter() - t0)
+          logging.info("step %d/%d loss %.4f grad_norm %.3f | %.2f steps/s, %.0f img/s, %s left",
+                       pending[0], total_steps, last["loss"], last["grad_norm"], rate, rate * config.batch_size,
+                       _format_seconds((total_steps - step) / rate))
+      pending = (step, m, batch["file_name"])
+      end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+      if end_of_epoch or step % config.checkpoint_every_steps == 0:
+        collect(pending)
+        pending = None
+        if end_of_epoch:
+          evaluate_and_save(step, epoch_outputs)
+          epoch_outputs = {k: [] for k in epoch_outputs}
+        else:
+          checkpoints.save(latest, step, state, {"step": step, "best": best, "class_weights": weights.tolist()})
+  latest.wait_until_finished()
+  best_mngr.wait_until_finished()
+  latest.close()
+  best_mngr.close()
+  return best or {}
