@@ -26,7 +26,8 @@ class AugmentConfig:
 
 def affine(image_HxWxC: jnp.ndarray, *, angle: jnp.ndarray, scale: jnp.ndarray,
            shift_yx: jnp.ndarray) -> jnp.ndarray:
-  """Rotates by `angle` radians and zooms by `scale` about the centre, then shifts by pixels."""
+  """Rotates by `angle` radians (clockwise on screen) and zooms by `scale` about the centre,
+  then shifts by `shift_yx` pixels (down, right)."""
   h, w, _ = image_HxWxC.shape
   yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
   cy, cx = (h - 1) / 2.0, (w - 1) / 2.0

@@ -4,9 +4,9 @@ The user downloads the set by hand (see MANUAL_DOWNLOAD_INSTRUCTIONS) and passes
 folder; `load_builder` prepares it once into the TFDS data dir and reuses it after.
 
 Splits:
-  train, validation  carved from Kaggle `train/` by patient (about 10% validation): all
-                     images of one patient, and byte-identical copies of any of them,
-                     land on one side, so the validation score does not leak.
+  train, validation  carved from Kaggle `train/` by patient (about 10% of each class to
+                     validation): all images of one patient, and byte-identical copies of
+                     any of them, land on one side, so the validation score does not leak.
   test               Kaggle `test/`, when present.
   kaggle_val         the 16-image Kaggle `val/`, when present (too small to choose on).
 """
@@ -26,15 +26,15 @@ import tensorflow_datasets as tfds
 from xray_jax import images
 from xray_jax.errors import UsageError
 
-VALIDATION_PERMILLE = 100  # about 10% of the patients of Kaggle train/ go to validation
+VALIDATION_PERMILLE = 100  # about 10% of each class of Kaggle train/, whole patients, go to validation
 KAGGLE_SPLITS = {"train": "train", "test": "test", "val": "kaggle_val"}  # folder -> split(s)
 
-MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-Download the "Chest X-Ray Images (Pneumonia)" set (Kermany, Zhang and Goldbaum 2018,
-CC BY 4.0) from Kaggle (paultimothymooney/chest-xray-pneumonia) or Mendeley Data
-(doi:10.17632/rscbjbr9sj.2), unzip it, and pass the folder that holds train/ (and
-test/, val/ when you have them), each with NORMAL/ and PNEUMONIA/, as
---data_dir=PATH. The repository ships a small sample: --data_dir=sample_data/chest_xray."""
+MANUAL_DOWNLOAD_INSTRUCTIONS = (
+    'Download the "Chest X-Ray Images (Pneumonia)" set (Kermany, Zhang and Goldbaum 2018, CC BY 4.0) '
+    "from Kaggle (paultimothymooney/chest-xray-pneumonia) or Mendeley Data (doi:10.17632/rscbjbr9sj.2), "
+    "unzip it, and pass the folder that holds train/ (and test/, val/ when you have them), each with "
+    "NORMAL/ and PNEUMONIA/, as --data_dir=PATH. The repository ships a small sample: "
+    "--data_dir=sample_data/chest_xray.")
 
 
 @dataclasses.dataclass
@@ -57,9 +57,9 @@ def file_sha256(path: str) -> str:
     return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _stable_bucket(key: str) -> int:
-  """0..999 from a key, identical on every machine and Python (unlike hash())."""
-  return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % 1000
+def _stable_rank(key: str) -> bytes:
+  """An order of keys that looks random but is the same on every machine (unlike hash())."""
+  return hashlib.sha256(key.encode()).digest()
 
 
 def patient_groups(records: list[images.ImageRecord], digests: list[str]) -> list[str]:
@@ -85,8 +85,27 @@ def patient_groups(records: list[images.ImageRecord], digests: list[str]) -> lis
   return [find(r.patient_id) for r in records]
 
 
-def is_validation(group_key: str) -> bool:
-  return _stable_bucket(group_key) < VALIDATION_PERMILLE
+def validation_groups(labels: list[int], groups: list[str], permille: int = VALIDATION_PERMILLE) -> set[str]:
+  """Whole groups for validation: about `permille`/1000 of each class's images.
+
+  Per class (a group's majority label), groups are taken in a fixed pseudo-random order
+  until the share is reached, so both classes are always in validation, in about their
+  training proportions, and the choice depends only on the patient ids.
+  """
+  per_group: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+  for label, group in zip(labels, groups):
+    per_group[group][label] += 1
+  chosen: set[str] = set()
+  for label in (0, 1):
+    members = sorted((g for g, c in per_group.items() if np.argmax(c) == label), key=_stable_rank)
+    target = round(sum(sum(per_group[g]) for g in members) * permille / 1000)
+    taken = 0
+    for g in members[:-1]:  # always leave the class at least one group to train on
+      if taken >= max(target, 1):
+        break
+      chosen.add(g)
+      taken += sum(per_group[g])
+  return chosen
 
 
 def source_fingerprint(data_dir: str) -> str:
@@ -163,9 +182,10 @@ class ChestXrayPneumonia(tfds.core.GeneratorBasedBuilder):
     train_records = records["train"]
     digests = {r.path: file_sha256(r.path) for rs in records.values() for r in rs}
     groups = patient_groups(train_records, [digests[r.path] for r in train_records])
+    val_groups = validation_groups([r.label for r in train_records], groups)
     splits = {
-        "train": [r for r, g in zip(train_records, groups) if not is_validation(g)],
-        "validation": [r for r, g in zip(train_records, groups) if is_validation(g)],
+        "train": [r for r, g in zip(train_records, groups) if g not in val_groups],
+        "validation": [r for r, g in zip(train_records, groups) if g in val_groups],
     }
     for folder in present:
       if folder != "train":

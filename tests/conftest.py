@@ -1,0 +1,55 @@
+"""Shared fixtures: generated image folders and the prepared sample set, in temp folders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_DIR = os.path.join(REPO, "sample_data", "chest_xray")
+SHARED_DATA = os.path.abspath(os.path.join(REPO, "..", "shared", "data", "chest_xray"))
+
+
+def gradient_image(h: int = 40, w: int = 48, seed: int = 0) -> np.ndarray:
+  """A smooth grey ramp (JPEG keeps it nearly exact) with a per-seed offset."""
+  yy, xx = np.mgrid[0:h, 0:w]
+  return np.clip(20 + (yy * 150) // h + (xx * 60) // w + seed % 20, 0, 255).astype(np.uint8)
+
+
+def write_image(path: str, pixels: np.ndarray | None = None, **save_kwargs) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(gradient_image() if pixels is None else pixels).save(path, **save_kwargs)
+  return path
+
+
+def make_kaggle_folder(root: str, *, n_patients: int = 30, per_patient: int = 2, splits=("train",)) -> str:
+  """A Kaggle-layout folder of generated images; file names carry patients as upstream."""
+  for s, split in enumerate(splits):
+    for p in range(n_patients):
+      for k in range(per_patient):
+        pixels = gradient_image(seed=p + k)
+        pixels[2:10, 2:10] = (s * 97 + p * 7 + k * 13) % 256  # a mark that makes every file unique
+        pixels[12:20, 2:10] = p % 256
+        write_image(os.path.join(root, split, "NORMAL", f"IM-{p:04d}-{k + 1:04d}.jpeg"), pixels)
+        write_image(os.path.join(root, split, "PNEUMONIA", f"person{p}_bacteria_{k}.jpeg"), 255 - pixels)
+  return root
+
+
+@pytest.fixture(scope="session")
+def prepared_sample(tmp_path_factory):
+  """The repository's sample set prepared once into a temporary TFDS data dir."""
+  from xray_jax import chest_xray
+  tfds_dir = str(tmp_path_factory.mktemp("tfds"))
+  builder = chest_xray.load_builder(data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, image_size=128)
+  return builder, tfds_dir
+
+
+@pytest.fixture
+def copy_of_sample(tmp_path):
+  dst = tmp_path / "chest_xray"
+  shutil.copytree(SAMPLE_DIR, dst)
+  return str(dst)

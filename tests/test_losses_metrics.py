@@ -1,0 +1,78 @@
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from xray_jax import losses
+from xray_jax import metrics
+
+
+def test_class_weights_of_kaggle_train_are_the_seed_projects():
+  w = losses.class_weights([1341, 3875])
+  np.testing.assert_allclose(w, [5216 / (2 * 1341), 5216 / (2 * 3875)], rtol=1e-6)
+  assert [round(float(x), 2) for x in w] == [1.94, 0.67]
+  # Each class carries the same total weight.
+  assert w[0] * 1341 == pytest.approx(w[1] * 3875)
+
+
+def test_class_weights_refuse_an_empty_class():
+  with pytest.raises(ValueError, match="Every class needs training examples"):
+    losses.class_weights([10, 0])
+
+
+def test_weighted_xent_matches_a_hand_computation():
+  logits = jnp.array([[2.0, -1.0], [0.5, 0.5], [-3.0, 1.0]])
+  labels = jnp.array([0, 1, 1])
+  w = jnp.array([2.0, 0.5])
+  p = np.exp(np.asarray(logits)) / np.exp(np.asarray(logits)).sum(1, keepdims=True)
+  expected = np.mean([-2.0 * np.log(p[0, 0]), -0.5 * np.log(p[1, 1]), -0.5 * np.log(p[2, 1])])
+  got = losses.weighted_softmax_xent(logits=logits, labels=labels, class_weights=w)
+  assert float(got) == pytest.approx(expected, rel=1e-6)
+  masked = losses.weighted_softmax_xent(logits=logits, labels=labels, class_weights=w,
+                                        mask=jnp.array([1, 0, 0]))
+  assert float(masked) == pytest.approx(-2.0 * np.log(p[0, 0]), rel=1e-6)
+  unweighted = losses.weighted_softmax_xent(logits=logits, labels=labels, class_weights=jnp.ones(2))
+  assert float(unweighted) == pytest.approx(float(optax.softmax_cross_entropy_with_integer_labels(
+      logits, labels).mean()), rel=1e-6)
+
+
+def _auc_by_pairs(labels, scores):
+  pos = [s for s, l in zip(scores, labels) if l]
+  neg = [s for s, l in zip(scores, labels) if not l]
+  wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+  return wins / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roc_auc_equals_the_pairwise_definition_with_ties(seed):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 2, 60)
+  scores = np.round(rng.random(60), 1)  # many ties
+  assert metrics.roc_auc(labels, scores) == pytest.approx(_auc_by_pairs(labels, scores))
+
+
+def test_roc_auc_is_nan_with_one_class():
+  assert np.isnan(metrics.roc_auc(np.ones(5), np.linspace(0, 1, 5)))
+
+
+def test_at_threshold_confusion_matrix_and_rates():
+  labels = np.array([0, 0, 0, 1, 1, 1, 1])
+  probs = np.array([0.1, 0.6, 0.4, 0.9, 0.5, 0.2, 0.7])
+  m = metrics.at_threshold(labels, probs, 0.5)
+  assert m["confusion_matrix"] == [[2, 1], [1, 3]]  # [[tn, fp], [fn, tp]]; 0.5 itself counts positive
+  assert m["sensitivity"] == pytest.approx(3 / 4) and m["specificity"] == pytest.approx(2 / 3)
+  assert m["precision"] == pytest.approx(3 / 4) and m["accuracy"] == pytest.approx(5 / 7)
+  assert m["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+
+
+def test_youden_threshold_maximises_j_by_brute_force():
+  rng = np.random.default_rng(3)
+  labels = rng.integers(0, 2, 200)
+  probs = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1)
+  t = metrics.youden_threshold(labels, probs)
+  j = lambda t: (lambda m: m["sensitivity"] + m["specificity"] - 1)(metrics.at_threshold(labels, probs, t))
+  best_j = max(j(x) for x in np.unique(probs))
+  assert j(t) == pytest.approx(best_j)
+  assert not np.any(probs == t)  # the cut falls between examples
