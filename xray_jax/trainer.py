@@ -100,6 +100,10 @@ def param_count(params: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
+def _global_norm(tree: Any) -> jnp.ndarray:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array, *,
                class_weights: jnp.ndarray, augment_config: augment_lib.AugmentConfig | None,
                label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jnp.ndarray]]:
@@ -123,8 +127,8 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array,
   probs = jax.nn.softmax(logits)
   step_metrics = {
       "loss": loss,
-      "grad_norm": optax.global_norm(grads),
-      "param_norm": optax.global_norm(state.params),
+      "grad_norm": _global_norm(grads),
+      "param_norm": _global_norm(state.params),
       # Per-example outputs: the host needs them for the epoch's ROC AUC.
       "prob": probs[:, 1],
       "nll": -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0] + 1e-12),
@@ -267,7 +271,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = F
   logging.info("Train split: %d images (%d patients), validation: %d images (%d patients).", n_train,
                meta["patients"]["train"], n_val, meta["patients"]["validation"])
   logging.info("Class counts %s -> class weights %s", dict(zip(("NORMAL", "PNEUMONIA"), counts)),
-               dict(zip(("NORMAL", "PNEUMONIA"), np.round(weights, 4).tolist())))
+               dict(zip(("NORMAL", "PNEUMONIA"), [round(float(w), 4) for w in weights])))
 
   steps_per_epoch = n_train // config.batch_size
   total_steps = config.num_steps or config.num_epochs * steps_per_epoch

@@ -1,0 +1,17 @@
+# Sourced by the scripts: makes .venv with the project installed, unless it is already current.
+# The stamp holds a hash of pyproject.toml and requirements.lock; an edit to either reinstalls.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+stamp=".venv/.xray_jax-installed"
+want=$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "Setting up .venv with $PY (one time, about a minute)..." >&2
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  # requirements.lock pins the versions this repo was tested with; pyproject.toml gives the ranges.
+  .venv/bin/python -m pip install -q -c requirements.lock -e ".[test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  .venv/bin/python -c "import xray_jax.trainer" || { echo "error: installing into .venv failed" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}

@@ -1,0 +1,168 @@
+"""The train step, the loop, checkpoints and reports, on the real sample images."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import SAMPLE_DIR
+from xray_jax import checkpoints
+from xray_jax import evaluate
+from xray_jax import models
+from xray_jax import trainer
+from xray_jax.errors import UsageError
+
+
+def _state(model_name="refcnn", size=32):
+  config = trainer.TrainConfig(model=model_name, image_size=size)
+  model = models.get_model(model_name)
+  return config, trainer.create_train_state(config, model, jax.random.key(0), lambda s: 1e-3)
+
+
+def _batch(size=32, n=8):
+  rng = np.random.default_rng(0)
+  return {"image": rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8),
+          "label": np.array([0, 1] * (n // 2), np.int32)}
+
+
+def test_train_step_without_augmentation_sees_the_raw_images():
+  _, state = _state()
+  batch, w = _batch(), jnp.array([1.5, 0.5])
+  step = jax.jit(functools.partial(trainer.train_step, class_weights=w, augment_config=None))
+  _, m = step(state, batch, jax.random.key(1))
+  logits, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                             batch["image"] / 255.0, train=True, mutable=["batch_stats"])
+  logp = jax.nn.log_softmax(logits)
+  expected = -jnp.mean(logp[jnp.arange(8), batch["label"]] * w[batch["label"]])
+  assert float(m["loss"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_train_step_is_pure_and_reproducible_and_jit_matches_eager():
+  config, state = _state()
+  step = functools.partial(trainer.train_step, class_weights=jnp.ones(2), augment_config=config.augment_config)
+  s1, m1 = step(state, _batch(), jax.random.key(1))
+  s2, m2 = jax.jit(step)(state, _batch(), jax.random.key(1))
+  assert int(s1.step) == 1 and int(state.step) == 0  # the input state is untouched
+  # Adam's first update is lr * sign(grad), which float noise flips for near-zero
+  # gradients, so compare what the step computed rather than the updated weights.
+  for key in ("loss", "grad_norm", "prob"):
+    np.testing.assert_allclose(m1[key], m2[key], rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(s1.batch_stats["BatchNorm_0"]["mean"], s2.batch_stats["BatchNorm_0"]["mean"],
+                             rtol=1e-4, atol=1e-6)
+  _, m3 = step(state, _batch(), jax.random.key(2))  # another key: another augmentation
+  assert float(m3["loss"]) != float(m1["loss"])
+
+
+def test_eval_step_never_augments():
+  _, state = _state()
+  batch = _batch()
+  probs = trainer.eval_step(state, jnp.asarray(batch["image"]))
+  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, batch["image"] / 255.0,
+                          train=False)
+  np.testing.assert_allclose(probs, jax.nn.softmax(logits), rtol=1e-5, atol=1e-6)
+
+
+def test_is_better_prefers_metric_then_lower_loss():
+  a = {"roc_auc": 0.9, "loss": 0.5, "accuracy": 0.8}
+  assert trainer.is_better(a, None, "roc_auc")
+  assert trainer.is_better({**a, "roc_auc": 0.95}, a, "roc_auc")
+  assert trainer.is_better({**a, "loss": 0.4}, a, "roc_auc")  # tie on AUC, lower loss
+  assert not trainer.is_better(a, a, "roc_auc")
+  assert trainer.is_better({**a, "loss": 0.4}, a, "loss")
+  assert not trainer.is_better({**a, "roc_auc": float("nan")}, a, "roc_auc")
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_sample, tmp_path_factory):
+  """A few real training steps on the sample: 2 epochs of the CNN at 64x64."""
+  _, tfds_dir = prepared_sample
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = trainer.TrainConfig(model="cnn", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, image_size=64,
+                               batch_size=32, num_epochs=2, log_every_steps=2)
+  best = trainer.train_and_evaluate(config, workdir)
+  return config, workdir, best
+
+
+def test_training_writes_metrics_checkpoints_and_tensorboard(trained):
+  config, workdir, best = trained
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [l["epoch"] for l in lines] == [1.0, 2.0]
+  for key in ("train_loss", "train_accuracy", "train_roc_auc", "val_loss", "val_accuracy", "val_roc_auc"):
+    assert all(np.isfinite(l[key]) for l in lines), key
+  steps_per_epoch = lines[0]["step"]
+  assert os.listdir(os.path.join(workdir, "checkpoints")) and sorted(
+      int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())[-1] == 2 * steps_per_epoch
+  assert best["step"] in (steps_per_epoch, 2 * steps_per_epoch)
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert json.load(open(os.path.join(workdir, "config.json")))["model"] == "cnn"
+
+
+def test_rerunning_a_finished_run_resumes_and_does_nothing(trained):
+  config, workdir, best = trained
+  before = open(os.path.join(workdir, "metrics.jsonl")).read()
+  assert trainer.train_and_evaluate(config, workdir) == best
+  assert open(os.path.join(workdir, "metrics.jsonl")).read() == before
+
+
+def test_workdir_with_another_model_is_refused(trained):
+  config, workdir, _ = trained
+  other = trainer.TrainConfig(**{**config.__dict__, "model": "mlp"})
+  with pytest.raises(UsageError, match="different setup.*model: 'cnn' there, 'mlp' now.*--overwrite"):
+    trainer.train_and_evaluate(other, workdir)
+
+
+def test_best_checkpoint_restores_and_evaluates_like_training_saw_it(trained):
+  _, workdir, best = trained
+  report = evaluate.evaluate_workdir(workdir, split="validation")
+  assert report["step"] == best["step"]
+  assert report["roc_auc"] == pytest.approx(best["roc_auc"], abs=1e-9)
+  assert report["loss"] == pytest.approx(best["loss"], rel=1e-4)
+  assert report["at_threshold_0.5"]["accuracy"] == pytest.approx(best["accuracy"])
+
+
+def test_report_files_have_the_promised_shape(trained):
+  _, workdir, _ = trained
+  report = evaluate.evaluate_workdir(workdir, split="test")
+  on_disk = json.load(open(os.path.join(workdir, "reports", "test.json")))
+  assert on_disk == json.loads(json.dumps(report))
+  assert report["num_examples"] == 60 and report["class_counts"] == {"NORMAL": 30, "PNEUMONIA": 30}
+  for block in ("at_threshold_0.5", "at_chosen_threshold"):
+    b = report[block]
+    assert set(b) >= {"threshold", "accuracy", "sensitivity", "specificity", "precision", "f1",
+                      "confusion_matrix"}
+    (tn, fp), (fn, tp) = b["confusion_matrix"]
+    assert tn + fp == 30 and fn + tp == 30
+    assert b["accuracy"] == pytest.approx((tn + tp) / 60)
+    assert b["sensitivity"] == pytest.approx(tp / 30) and b["specificity"] == pytest.approx(tn / 30)
+  assert report["at_threshold_0.5"]["threshold"] == 0.5
+  meta = checkpoints.manager(workdir, checkpoints.BEST, max_to_keep=1)
+  assert report["at_chosen_threshold"]["threshold"] == pytest.approx(
+      checkpoints.restore(meta, meta.latest_step(), _state("cnn", 64)[1])[1]["chosen_threshold"])
+  md = open(os.path.join(workdir, "reports", "test.md")).read()
+  assert "ROC AUC" in md and "Confusion matrix" in md and "Youden" in md
+  rows = open(os.path.join(workdir, "reports", "test_predictions.csv")).read().splitlines()
+  assert rows[0].startswith("file_name,patient_id,label,prob_pneumonia") and len(rows) == 61
+
+
+def test_evaluate_any_folder_including_full_resolution_images(trained, tmp_path):
+  from conftest import write_image, gradient_image
+  _, workdir, _ = trained
+  folder = tmp_path / "new_xrays"
+  for cls, name in (("NORMAL", "IM-9000-0001.jpeg"), ("PNEUMONIA", "person9000_virus_1.png")):
+    big = np.kron(gradient_image(), np.ones((40, 30), np.uint8))  # 1600 x 1440, like the originals
+    write_image(str(folder / cls / name), big)
+  write_image(str(folder / "NORMAL" / "rgb.png"), np.stack([gradient_image()] * 3, -1))
+  (folder / "PNEUMONIA" / "corrupt.jpeg").write_bytes(b"\xff\xd8\xff garbage")
+  report = evaluate.evaluate_workdir(workdir, image_dir=str(folder))
+  assert report["name"] == "image_dir_new_xrays" and report["num_examples"] == 3
+  assert [os.path.basename(s["path"]) for s in report["skipped_files"]] == ["corrupt.jpeg"]
+  assert os.path.exists(os.path.join(workdir, "reports", "image_dir_new_xrays.md"))
+
+
+def test_evaluate_needs_a_checkpoint(tmp_path):
+  with pytest.raises(UsageError, match="not a training run's workdir"):
+    evaluate.evaluate_workdir(str(tmp_path), split="test")
