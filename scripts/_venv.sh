@@ -8,10 +8,13 @@ want=$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "Setting up .venv with $PY (one time, about a minute)..." >&2
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
   # requirements.lock pins the versions this repo was tested with; pyproject.toml gives the ranges.
-  .venv/bin/python -m pip install -q -c requirements.lock -e ".[test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  .venv/bin/python -c "import xray_jax.trainer" || { echo "error: installing into .venv failed" >&2; exit 1; }
+  if ! .venv/bin/python -m pip install -c requirements.lock -e ".[test]" > .venv/install.log 2>&1 \
+      || ! .venv/bin/python -c "import xray_jax.trainer" 2>> .venv/install.log; then
+    tail -n 30 .venv/install.log >&2
+    echo "error: installing into .venv failed; the whole log is .venv/install.log" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
