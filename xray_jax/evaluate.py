@@ -48,8 +48,13 @@ def restore_for_eval(workdir: str, which: str) -> tuple[trainer.TrainConfig, tra
                      "the run reach its first epoch end.")
   model = trainer.create_model(config)
   state = trainer.create_train_state(config, model, jax.random.key(0), lambda _: 0.0)
-  state, meta = checkpoints.restore(mngr, step, state)
-  mngr.close()
+  try:
+    state, meta = checkpoints.restore(mngr, step, state)
+  except checkpoints.CheckpointDamagedError as e:
+    raise UsageError(f"Refusing to evaluate a damaged checkpoint: {e}. Evaluate another with "
+                     "--checkpoint=best|latest, or train again.") from e
+  finally:
+    mngr.close()
   return config, state, meta
 
 

@@ -92,8 +92,10 @@ def create_train_state(config: TrainConfig, model: nn.Module, rng: jax.Array,
   except Exception as e:  # e.g. shapes the architecture cannot pool down
     raise UsageError(f"--model={config.model} cannot take --image_size={config.image_size}: {e}") from e
   tx = optax.adamw(learning_rate_fn, weight_decay=config.weight_decay)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                           batch_stats=variables.get("batch_stats", {}))
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                            batch_stats=variables.get("batch_stats", {}))
+  # An int32 array, as every step after the first makes it: one dtype in every checkpoint.
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def param_count(params: Any) -> int:
@@ -199,9 +201,26 @@ def prepare_workdir(config: TrainConfig, workdir: str, overwrite: bool) -> None:
     if changed:
       logging.warning("Resuming %s with changed settings %s (were %s)", workdir, changed,
                       {k: old.get(k) for k in changed})
-  os.makedirs(workdir, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(config.to_json(), f, indent=2)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(config.to_json(), f, indent=2)
+  except OSError as e:
+    raise UsageError(f"Cannot write to --workdir={workdir} ({e.strerror or e}). Pass a writable folder.") from e
+
+
+def check_disk_space(workdir: str, state: Any) -> None:
+  """Refuses to start when the workdir's disk cannot hold the run's checkpoints.
+
+  Three copies of the state (two latest, one best), twice over for Orbax's temporary
+  folder during a save, plus room for logs and reports.
+  """
+  state_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
+  need = 6 * state_bytes + 50 * 2**20
+  free = shutil.disk_usage(workdir).free
+  if free < need:
+    raise UsageError(f"--workdir={workdir} has {free / 2**20:.0f} MiB free; this run's checkpoints need about "
+                     f"{need / 2**20:.0f} MiB. Free some space or pass a --workdir on another disk.")
 
 
 def load_config(workdir: str) -> TrainConfig:
@@ -281,13 +300,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = F
   learning_rate_fn = create_learning_rate_fn(config, total_steps, steps_per_epoch)
   state = create_train_state(config, model, init_rng, learning_rate_fn)
   logging.info("Model %s: %s parameters", config.model, f"{param_count(state.params):,}")
+  check_disk_space(workdir, state)
 
   latest = checkpoints.manager(workdir, checkpoints.LATEST, max_to_keep=2)
   best_mngr = checkpoints.manager(workdir, checkpoints.BEST, max_to_keep=1)
   best: dict[str, float] | None = None
   start_step = 0
-  if latest.latest_step() is not None:
-    state, ckpt_meta = checkpoints.restore(latest, latest.latest_step(), state)
+  restored = checkpoints.restore_latest_good(latest, state)
+  if restored is not None:
+    state, ckpt_meta = restored
     start_step = int(state.step)
     best = ckpt_meta.get("best")
     logging.info("Resuming from step %d of %d (checkpoint in %s)", start_step, total_steps, latest.directory)
@@ -341,37 +362,38 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = F
       epoch_outputs[k].append(np.asarray(m[k]))
     return m
 
-  while step < total_steps:
-    epoch, offset = divmod(step, steps_per_epoch)
-    batches = input_pipeline.train_batches(train_ds, num_examples=n_train, batch_size=config.batch_size,
-                                           seed=config.seed, epoch=epoch, skip_batches=offset)
-    for batch in batches:
-      if step >= total_steps:
-        break
-      state, m = step_fn(state, {"image": batch["image"], "label": batch["label"]}, train_rng)
-      step += 1
-      if pending is not None:
-        last = collect(pending)
-        if steps_timed == 0:  # time from here: the first step included compilation
-          t0 = time.perf_counter()
-        steps_timed += 1
-        if pending[0] % config.log_every_steps == 0 and steps_timed > 1:
-          rate = (steps_timed - 1) / (time.perf_counter() - t0)
-          logging.info("step %d/%d loss %.4f grad_norm %.3f | %.2f steps/s, %.0f img/s, %s left",
-                       pending[0], total_steps, last["loss"], last["grad_norm"], rate, rate * config.batch_size,
-                       _format_seconds((total_steps - step) / rate))
-      pending = (step, m, batch["file_name"])
-      end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-      if end_of_epoch or step % config.checkpoint_every_steps == 0:
-        collect(pending)
-        pending = None
-        if end_of_epoch:
-          evaluate_and_save(step, epoch_outputs)
-          epoch_outputs = {k: [] for k in epoch_outputs}
-        else:
-          checkpoints.save(latest, step, state, {"step": step, "best": best, "class_weights": weights.tolist()})
-  latest.wait_until_finished()
-  best_mngr.wait_until_finished()
-  latest.close()
-  best_mngr.close()
+  try:
+    while step < total_steps:
+      epoch, offset = divmod(step, steps_per_epoch)
+      batches = input_pipeline.train_batches(train_ds, num_examples=n_train, batch_size=config.batch_size,
+                                             seed=config.seed, epoch=epoch, skip_batches=offset)
+      for batch in batches:
+        if step >= total_steps:
+          break
+        state, m = step_fn(state, {"image": batch["image"], "label": batch["label"]}, train_rng)
+        step += 1
+        if pending is not None:
+          last = collect(pending)
+          if steps_timed == 0:  # time from here: the first step included compilation
+            t0 = time.perf_counter()
+          steps_timed += 1
+          if pending[0] % config.log_every_steps == 0 and steps_timed > 1:
+            rate = (steps_timed - 1) / (time.perf_counter() - t0)
+            logging.info("step %d/%d loss %.4f grad_norm %.3f | %.2f steps/s, %.0f img/s, %s left",
+                         pending[0], total_steps, last["loss"], last["grad_norm"], rate, rate * config.batch_size,
+                         _format_seconds((total_steps - step) / rate))
+        pending = (step, m, batch["file_name"])
+        end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+        if end_of_epoch or step % config.checkpoint_every_steps == 0:
+          collect(pending)
+          pending = None
+          if end_of_epoch:
+            evaluate_and_save(step, epoch_outputs)
+            epoch_outputs = {k: [] for k in epoch_outputs}
+          else:
+            checkpoints.save(latest, step, state, {"step": step, "best": best, "class_weights": weights.tolist()})
+  finally:  # also on errors: a save in flight is the last good checkpoint, let it land
+    for mngr in (latest, best_mngr):
+      mngr.wait_until_finished()
+      mngr.close()
   return best or {}
