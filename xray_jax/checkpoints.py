@@ -31,7 +31,11 @@ class CheckpointDamagedError(RuntimeError):
 def manager(workdir: str, kind: str, *, max_to_keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), kind),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=True,
+          # Both managers save the same step at an epoch end; in a multi-process run their
+          # barriers would share a name without a prefix of their own.
+          multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind)),
       item_names=("state", "meta"),
   )
 

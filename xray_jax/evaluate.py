@@ -20,6 +20,7 @@ from xray_jax import chest_xray
 from xray_jax import cli
 from xray_jax import input_pipeline
 from xray_jax import metrics
+from xray_jax import parallel
 from xray_jax import reports
 from xray_jax import trainer
 from xray_jax.errors import UsageError
@@ -65,7 +66,9 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
   if (split is None) == (image_dir is None):
     raise UsageError("Pass exactly one of --split=NAME or --image_dir=FOLDER.")
   config, state, meta = restore_for_eval(workdir, checkpoint)
+  mesh = parallel.make_mesh()
   batch_size = batch_size or config.eval_batch_size
+  batch_size = -(-batch_size // mesh.size) * mesh.size  # a multiple of the devices; padding is masked
   builder = None
   if split is not None or meta.get("chosen_threshold") is None:
     # The data the run trained on, unless told otherwise; its fingerprint check catches edits.
@@ -112,6 +115,8 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
   weights = np.asarray(meta.get("class_weights", [1.0, 1.0]), np.float64)
   report = reports.build_report(labels=preds.labels, probs=preds.probs, class_weights=weights,
                                 chosen_threshold=threshold, threshold_rule=rule, info=info)
+  if not parallel.is_primary():
+    return report
   paths = reports.write(os.path.join(workdir, "reports"), name, report, file_names=preds.file_names,
                         labels=preds.labels, probs=preds.probs)
   logging.info("%s: %d examples, ROC AUC %.4f, accuracy %.4f at 0.5, %.4f at %.3f. Report: %s", name,

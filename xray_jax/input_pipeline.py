@@ -90,14 +90,20 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_batches(ds: tf.data.Dataset, *, num_examples: int, batch_size: int, seed: int, epoch: int,
-                  skip_batches: int = 0) -> Iterator[Batch]:
+                  steps_per_epoch: int | None = None, skip_batches: int = 0, num_shards: int = 1,
+                  shard_index: int = 0) -> Iterator[Batch]:
   """One epoch of shuffled full batches; the order depends only on (seed, epoch).
 
-  A resumed run skips the batches of the epoch it already trained on, so it sees the
-  same images in the same order as a run that was never stopped.
+  Every process shuffles alike and keeps its own shard, so the processes' batches are
+  disjoint parts of one global permutation. A resumed run skips the batches of the
+  epoch it already trained on, so it sees the same images in the same order as a run
+  that was never stopped. (No `repeat`: epochs are explicit, for exact resumption.)
   """
   ds = ds.shuffle(num_examples, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+  ds = ds.shard(num_shards, shard_index)
   ds = ds.batch(batch_size, drop_remainder=True)  # static shapes: one compiled train step
+  if steps_per_epoch is not None:  # uneven shards must not give processes different step counts
+    ds = ds.take(steps_per_epoch)
   return ds.skip(skip_batches).prefetch(2).as_numpy_iterator()
 
 

@@ -12,6 +12,7 @@ from absl import flags
 from xray_jax import augment
 from xray_jax import cli
 from xray_jax import evaluate
+from xray_jax import parallel
 from xray_jax import trainer
 
 _D = trainer.TrainConfig()
@@ -43,6 +44,11 @@ flags.DEFINE_integer("seed", _D.seed, "Seed of initialisation, data order, augme
 flags.DEFINE_integer("log_every_steps", _D.log_every_steps, "Console progress every N steps.")
 flags.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps,
                      "Checkpoint every N steps as well as at each epoch end.")
+flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port of process 0's coordinator. "
+                    "On TPU pods, SLURM or Open MPI, --distributed alone lets JAX find it.")
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes in all.")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index, 0..num_processes-1.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with what the cluster environment says.")
 flags.DEFINE_enum("best_metric", _D.best_metric, ["roc_auc", "loss", "accuracy"],
                   "Validation metric that picks the best checkpoint.")
 
@@ -56,8 +62,14 @@ def config_from_flags() -> trainer.TrainConfig:
 
 
 def main(argv: list[str]) -> None:
+  parallel.initialize_distributed(auto=FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+                                  num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   best = trainer.train_and_evaluate(config_from_flags(), FLAGS.workdir, overwrite=FLAGS.overwrite)
-  evaluate.evaluate_workdir(FLAGS.workdir, split="validation")  # the report of the best checkpoint
+  # The report of the best checkpoint; every process takes part in the restore, one writes.
+  evaluate.evaluate_workdir(FLAGS.workdir, split="validation")
+  parallel.sync("reports written")  # leave together: JAX's shutdown barrier waits for all
+  if not parallel.is_primary():
+    return
   print(f"Best validation checkpoint: step {best.get('step')}, ROC AUC {best.get('roc_auc', float('nan')):.4f}, "
         f"accuracy {best.get('accuracy', float('nan')):.4f}. Reports: {FLAGS.workdir}/reports/")
 

@@ -27,6 +27,7 @@ from xray_jax import input_pipeline
 from xray_jax import losses
 from xray_jax import metrics
 from xray_jax import models
+from xray_jax import parallel
 from xray_jax.errors import UsageError
 
 CONFIG_FILE = "config.json"
@@ -146,7 +147,10 @@ def eval_step(state: TrainState, images: jnp.ndarray) -> jnp.ndarray:
   return jax.nn.softmax(logits.astype(jnp.float32))
 
 
-_eval_step = jax.jit(eval_step)
+@functools.lru_cache(maxsize=None)
+def _jitted_eval_step(mesh: jax.sharding.Mesh):
+  repl = parallel.replicated(mesh)
+  return jax.jit(eval_step, in_shardings=(repl, parallel.batch_sharded(mesh)), out_shardings=repl)
 
 
 @dataclasses.dataclass
@@ -161,11 +165,20 @@ class Predictions:
     return -np.log(np.clip(p, 1e-12, 1.0))
 
 
-def predict(state: TrainState, batches: Iterable[input_pipeline.Batch]) -> Predictions:
-  """Runs masked eval batches; padding is dropped, every real example appears once."""
+def predict(state: TrainState, batches: Iterable[input_pipeline.Batch],
+            mesh: jax.sharding.Mesh | None = None) -> Predictions:
+  """Runs masked eval batches split over the mesh; every real example appears once.
+
+  Every process iterates the whole (small) evaluation set; each device computes its
+  slice of each batch, and the probabilities come back to every process.
+  """
+  mesh = mesh or parallel.make_mesh()
+  step = _jitted_eval_step(mesh)
+  state = parallel.replicate(state, mesh)
   labels, probs, names = [], [], []
   for batch in batches:
-    p = np.asarray(_eval_step(state, batch["image"]))[:, 1]
+    images = parallel.put_global_batch({"image": batch["image"]}, mesh)["image"]
+    p = np.asarray(step(state, images))[:, 1]
     keep = batch["mask"]
     labels.append(batch["label"][keep])
     probs.append(p[keep])
@@ -203,8 +216,9 @@ def prepare_workdir(config: TrainConfig, workdir: str, overwrite: bool) -> None:
                       {k: old.get(k) for k in changed})
   try:
     os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(config.to_json(), f, indent=2)
+    if parallel.is_primary():
+      with open(path, "w") as f:
+        json.dump(config.to_json(), f, indent=2)
   except OSError as e:
     raise UsageError(f"Cannot write to --workdir={workdir} ({e.strerror or e}). Pass a writable folder.") from e
 
@@ -237,6 +251,9 @@ class MetricsLog:
 
   def __init__(self, workdir: str, resume_step: int):
     self.path = os.path.join(workdir, METRICS_FILE)
+    self.enabled = parallel.is_primary()  # one writer in a multi-process run
+    if not self.enabled:
+      return
     if os.path.exists(self.path):  # drop lines a killed run wrote after its last checkpoint
       with open(self.path) as f:
         kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
@@ -245,6 +262,8 @@ class MetricsLog:
     self.writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
   def write(self, record: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
     with self.writer.as_default():
@@ -273,9 +292,16 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = F
   models.get_model(config.model)  # fail fast on an unknown name, before any data work
   if config.best_metric not in ("roc_auc", "loss", "accuracy"):
     raise UsageError(f"--best_metric={config.best_metric!r} must be one of roc_auc, loss, accuracy.")
-  builder = chest_xray.load_builder(data_dir=config.data_dir, tfds_data_dir=config.tfds_data_dir,
-                                    image_size=config.image_size)
-  prepare_workdir(config, workdir, overwrite)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.batch_size, mesh)
+  load = functools.partial(chest_xray.load_builder, data_dir=config.data_dir,
+                           tfds_data_dir=config.tfds_data_dir, image_size=config.image_size)
+  builder = load() if parallel.is_primary() else None  # one process prepares the data...
+  parallel.sync("data prepared")
+  builder = builder or load()  # ...the others then find it prepared
+  if parallel.is_primary():
+    prepare_workdir(config, workdir, overwrite)
+  parallel.sync("workdir ready")
   meta = builder.info.metadata
   if meta["skipped"]:
     logging.warning("%d file(s) of the data folder were skipped (listed in %s/metadata.json), e.g. %s",
@@ -301,6 +327,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = F
   state = create_train_state(config, model, init_rng, learning_rate_fn)
   logging.info("Model %s: %s parameters", config.model, f"{param_count(state.params):,}")
   check_disk_space(workdir, state)
+  logging.info("Mesh %s over %d device(s) in %d process(es); global batch %d, %d per device.",
+               dict(mesh.shape), mesh.size, jax.process_count(), config.batch_size, config.batch_size // mesh.size)
 
   latest = checkpoints.manager(workdir, checkpoints.LATEST, max_to_keep=2)
   best_mngr = checkpoints.manager(workdir, checkpoints.BEST, max_to_keep=1)
@@ -317,16 +345,20 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = F
 
   train_ds = input_pipeline.load_split(builder, "train", config.image_size)
   val_ds = input_pipeline.load_split(builder, "validation", config.image_size)
+  eval_batch_size = -(-config.eval_batch_size // mesh.size) * mesh.size  # padded and masked anyway
+  state = parallel.replicate(state, mesh)
+  repl = parallel.replicated(mesh)
   step_fn = jax.jit(functools.partial(
       train_step, class_weights=jnp.asarray(weights),
       augment_config=config.augment_config if config.augment else None,
-      label_smoothing=config.label_smoothing), donate_argnums=0)
+      label_smoothing=config.label_smoothing),
+      in_shardings=(repl, parallel.batch_sharded(mesh), repl), out_shardings=(repl, repl), donate_argnums=0)
   log = MetricsLog(workdir, start_step)
 
   def evaluate_and_save(step: int, epoch_outputs: dict[str, list[np.ndarray]]) -> None:
     nonlocal best
-    preds = predict(state, input_pipeline.eval_batches(val_ds, num_examples=n_val,
-                                                       batch_size=config.eval_batch_size))
+    preds = predict(state, input_pipeline.eval_batches(val_ds, num_examples=n_val, batch_size=eval_batch_size),
+                    mesh)
     val = metrics.summarize(preds.labels, preds.probs, preds.nll)
     train = metrics.summarize(*(np.concatenate(epoch_outputs[k]) for k in ("label", "prob", "nll"))) \
         if epoch_outputs["label"] else {}
@@ -365,12 +397,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = F
   try:
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
-      batches = input_pipeline.train_batches(train_ds, num_examples=n_train, batch_size=config.batch_size,
-                                             seed=config.seed, epoch=epoch, skip_batches=offset)
+      batches = input_pipeline.train_batches(
+          train_ds, num_examples=n_train, batch_size=parallel.local_batch_size(config.batch_size),
+          steps_per_epoch=steps_per_epoch, seed=config.seed, epoch=epoch, skip_batches=offset,
+          num_shards=jax.process_count(), shard_index=jax.process_index())
       for batch in batches:
         if step >= total_steps:
           break
-        state, m = step_fn(state, {"image": batch["image"], "label": batch["label"]}, train_rng)
+        device_batch = parallel.put_local_batch({"image": batch["image"], "label": batch["label"]}, mesh)
+        state, m = step_fn(state, device_batch, train_rng)
         step += 1
         if pending is not None:
           last = collect(pending)
