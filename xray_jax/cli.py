@@ -29,7 +29,8 @@ def _quiet_libraries(record: std_logging.LogRecord) -> bool:
   return record.levelno >= std_logging.WARNING or not any(s in record.pathname for s in _CHATTY)
 
 
-def run(main: Callable[[list[str]], None], user_errors: tuple[type[BaseException], ...] = ()) -> None:
+def run(main: Callable[[list[str]], None], user_errors: tuple[type[BaseException], ...] = (),
+        positional: bool = False) -> None:
   """app.run(main), turning the errors a user can fix into one line without a traceback.
 
   `--verbosity=1` (or higher) shows the traceback too.
@@ -37,7 +38,7 @@ def run(main: Callable[[list[str]], None], user_errors: tuple[type[BaseException
   errors = USER_ERRORS + user_errors
 
   def wrapped(argv: list[str]) -> None:
-    if len(argv) > 1:
+    if len(argv) > 1 and not positional:
       raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags are written --name=value.")
     logging.get_absl_handler().addFilter(_quiet_libraries)
     try:

@@ -18,7 +18,7 @@ from PIL import Image, ImageFile, ImageOps
 from xray_jax.errors import DataLayoutError
 
 CLASS_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")  # label index = position; PNEUMONIA is positive
-IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm"})
 # Files that operating systems and archivers scatter into folders; they are never data.
 JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "__macosx", ".ipynb_checkpoints"})
 # X-rays are at most a few thousand pixels a side; anything far larger is a decompression bomb.
@@ -143,30 +143,42 @@ def _to_grayscale_u8(img: Image.Image) -> np.ndarray:
   return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
+def _dicom_to_grayscale_u8(path: str) -> np.ndarray:
+  """A DICOM image as HxW uint8: modality and VOI LUT (or window) applied, MONOCHROME1 inverted."""
+  try:
+    import pydicom  # pylint: disable=g-import-not-at-top
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImageLoadError(path, "reading DICOM needs pydicom 3: pip install -e '.[dicom]'") from e
+  ds = pydicom.dcmread(path)
+  arr = ds.pixel_array
+  if arr.ndim != 2:
+    raise ImageLoadError(path, f"expected one grayscale frame, got pixel data of shape {arr.shape}")
+  arr = apply_voi_lut(apply_modality_lut(arr, ds), ds).astype(np.float64)
+  lo, hi = float(arr.min()), float(arr.max())
+  out = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+  if getattr(ds, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
+    out = 255.0 - out  # MONOCHROME1 stores bright as low values
+  return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def load_grayscale(path: str, max_side: int | None = None) -> np.ndarray:
-  """Reads any image file as an HxWx1 uint8 array, EXIF orientation applied.
+  """Reads any image file (or DICOM, with pydicom) as an HxWx1 uint8 array, EXIF orientation applied.
 
   With `max_side`, images larger than that are shrunk (aspect kept, antialiased) so
   their longer side is `max_side`. Raises ImageLoadError naming the file on anything
   that is not a complete, decodable image.
   """
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      with Image.open(path) as img:
-        if img.width * img.height > MAX_PIXELS:
-          raise ImageLoadError(path, f"{img.width}x{img.height} pixels is over the {MAX_PIXELS:,} pixel "
-                               "limit (a decompression bomb or not an X-ray)")
-        if img.width == 0 or img.height == 0:
-          raise ImageLoadError(path, "the image has zero width or height")
-        if max_side and img.format == "JPEG":
-          img.draft(img.mode, (max_side, max_side))  # DCT-domain downscale: decodes big JPEGs fast
-        img.load()  # decode now so truncation raises here
-        img = ImageOps.exif_transpose(img)
-        gray = _to_grayscale_u8(img)
+    if path.lower().endswith(".dcm"):
+      gray = _dicom_to_grayscale_u8(path)
+      if gray.size > MAX_PIXELS or 0 in gray.shape:
+        raise ImageLoadError(path, f"{gray.shape[1]}x{gray.shape[0]} pixels is not a usable X-ray size")
+    else:
+      gray = _decode_with_pil(path, max_side)
   except ImageLoadError:
     raise
-  except Exception as e:  # PIL raises many types on hostile bytes; each becomes one clear error
+  except Exception as e:  # PIL and pydicom raise many types on hostile bytes; each becomes one clear error
     raise ImageLoadError(path, f"cannot decode as an image ({type(e).__name__}: {e})") from e
   if max_side and max(gray.shape) > max_side:
     h, w = gray.shape
@@ -174,6 +186,21 @@ def load_grayscale(path: str, max_side: int | None = None) -> np.ndarray:
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     gray = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
   return gray[:, :, None]
+
+
+def _decode_with_pil(path: str, max_side: int | None) -> np.ndarray:
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with Image.open(path) as img:
+      if img.width * img.height > MAX_PIXELS:
+        raise ImageLoadError(path, f"{img.width}x{img.height} pixels is over the {MAX_PIXELS:,} pixel "
+                             "limit (a decompression bomb or not an X-ray)")
+      if img.width == 0 or img.height == 0:
+        raise ImageLoadError(path, "the image has zero width or height")
+      if max_side and img.format == "JPEG":
+        img.draft(img.mode, (max_side, max_side))  # DCT-domain downscale: decodes big JPEGs fast
+      img.load()  # decode now so truncation raises here
+      return _to_grayscale_u8(ImageOps.exif_transpose(img))
 
 
 def load_all(records: Sequence[ImageRecord], max_side: int | None) -> Iterable[tuple[ImageRecord, np.ndarray | ImageLoadError]]:

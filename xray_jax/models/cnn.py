@@ -3,14 +3,15 @@
 Five blocks of two Conv 3x3 -> BatchNorm -> ReLU, then a 2x2 max-pool; widths double
 from 16. Narrow early blocks keep the cost at 128x128 low (the first block runs on the
 most pixels); global average pooling keeps the head small and lets the model take any
-image size divisible by 32. The last block's activations are sown as `features` for
-saliency methods that need the last conv block (Grad-CAM).
+image size divisible by 32. The last block's activations are marked for
+saliency methods that need the last conv block (Grad-CAM) by `saliency.mark_features`.
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from xray_jax import layers
+from xray_jax import saliency
 
 
 class ConvBN(nn.Module):
@@ -37,7 +38,7 @@ class Model(nn.Module):
       x = ConvBN(width)(x, train=train)
       x = ConvBN(width)(x, train=train)
       if i == len(self.widths) - 1:
-        self.sow("intermediates", "features", x)
+        x = saliency.mark_features(self, x)
       x = layers.max_pool_2x2(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from xray_jax import layers
+from xray_jax import saliency
 
 
 class Model(nn.Module):
@@ -18,11 +19,13 @@ class Model(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    for width in self.widths:
+    for i, width in enumerate(self.widths):
       x = nn.Conv(width, (3, 3), padding="SAME")(x)
       # Keras' BatchNormalization defaults, to match the reference.
       x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3)(x)
       x = nn.relu(x)
+      if i == len(self.widths) - 1:
+        x = saliency.mark_features(self, x)  # the last conv block, for Grad-CAM
       x = layers.max_pool_2x2(x)  # same values as nn.max_pool 2x2, faster on CPU (tests prove it)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes)(x)
