@@ -117,3 +117,38 @@ def test_scan_errors_name_the_folder(tmp_path):
     images.scan_class_folders(str(tmp_path))
   with pytest.raises(DataLayoutError, match="is not a folder"):
     images.scan_class_folders(str(tmp_path / "nope"))
+
+
+def _write_dicom(path, pixels_u16, photometric, window=None):
+  pydicom = pytest.importorskip("pydicom")
+  from pydicom.dataset import FileMetaDataset
+  from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
+  meta.MediaStorageSOPInstanceUID = generate_uid()
+  meta.TransferSyntaxUID = ExplicitVRLittleEndian
+  ds = pydicom.Dataset()
+  ds.file_meta = meta
+  ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+  ds.Modality, ds.PatientID = "DX", "test"
+  ds.Rows, ds.Columns = pixels_u16.shape
+  ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+  ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+  if window:
+    ds.WindowCenter, ds.WindowWidth = window
+  ds.PixelData = pixels_u16.astype("<u2").tobytes()
+  ds.save_as(path, enforce_file_format=True)
+  return str(path)
+
+
+def test_dicom_monochrome1_is_inverted_and_the_window_applied(tmp_path):
+  ramp = (GREY.astype(np.uint16) * 16)  # 12-bit values 320..3680
+  m2 = images.load_grayscale(_write_dicom(tmp_path / "m2.dcm", ramp, "MONOCHROME2"))[..., 0]
+  m1 = images.load_grayscale(_write_dicom(tmp_path / "m1.dcm", ramp, "MONOCHROME1"))[..., 0]
+  assert m2.min() == 0 and m2.max() == 255
+  assert np.abs(m1.astype(int) - (255 - m2.astype(int))).max() <= 1  # the same data, as on a light box
+  order = np.argsort(GREY.ravel(), kind="stable")
+  assert (np.diff(m2.ravel()[order].astype(int)) >= 0).all()  # intensities keep their order
+  # A narrow window saturates what lies outside it.
+  w = images.load_grayscale(_write_dicom(tmp_path / "w.dcm", ramp, "MONOCHROME2", window=(2000, 400)))[..., 0]
+  assert (w[ramp <= 1800] == 0).all() and (w[ramp >= 2200] == 255).all()

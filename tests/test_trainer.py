@@ -181,3 +181,49 @@ def test_batch_larger_than_the_train_split_is_refused(prepared_sample, tmp_path)
   config = trainer.TrainConfig(model="mlp", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, batch_size=100_000)
   with pytest.raises(UsageError, match=r"--batch_size=100000 is larger than the train split \(\d+ images\)"):
     trainer.train_and_evaluate(config, str(tmp_path))
+
+
+def test_predict_writes_probabilities_labels_and_maps(trained, tmp_path):
+  from xray_jax import predict
+  import shutil
+  _, workdir, _ = trained
+  folder = tmp_path / "incoming"
+  shutil.copytree(os.path.join(SAMPLE_DIR, "val", "PNEUMONIA"), folder / "a")
+  (folder / "a" / "broken.jpeg").write_bytes(b"\xff\xd8 broken")
+  (folder / "notes.txt").write_text("x")
+  records = predict.predict_files(workdir, [str(folder)], output_dir=str(tmp_path / "out"))
+  good = [r for r in records if "error" not in r]
+  bad = sorted(os.path.basename(r["file"]) for r in records if "error" in r)
+  assert len(good) == 8 and bad == ["broken.jpeg", "notes.txt"]
+  for r in good:
+    assert 0.0 <= r["prob_pneumonia"] <= 1.0
+    assert r["label"] == ("PNEUMONIA" if r["prob_pneumonia"] >= r["threshold"] else "NORMAL")
+    assert r["saliency_method"] == "grad_cam" and os.path.getsize(r["saliency_map"]) > 0
+  lines = open(tmp_path / "out" / "predictions.jsonl").read().splitlines()
+  assert [json.loads(l) for l in lines] == records
+
+
+def test_predict_command_line_takes_files_and_no_maps(trained, tmp_path):
+  import subprocess, sys
+  from conftest import REPO
+  _, workdir, _ = trained
+  image = os.path.join(SAMPLE_DIR, "val", "NORMAL", "NORMAL2-IM-1427-0001.jpeg")
+  r = subprocess.run([sys.executable, "-m", "xray_jax.predict", f"--workdir={workdir}", "--no_maps",
+                      f"--output_dir={tmp_path}", image], cwd=REPO, capture_output=True, text=True, timeout=300,
+                     env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "P(pneumonia) = " in r.stdout
+  (record,) = [json.loads(l) for l in open(tmp_path / "predictions.jsonl")]
+  assert record["file"] == image and "saliency_map" not in record
+
+
+def test_evaluate_adds_a_page_of_saliency_for_the_most_confident_mistakes(trained):
+  _, workdir, _ = trained
+  report = evaluate.evaluate_workdir(workdir, split="test", report_name="test_with_maps", mistake_maps=4)
+  mistakes = report["at_chosen_threshold"]["confusion_matrix"][0][1] + report["at_chosen_threshold"]["confusion_matrix"][1][0]
+  if mistakes == 0:
+    assert report["mistake_maps"] is None
+  else:
+    assert len(report["mistake_maps"]["files"]) == min(4, mistakes)
+    assert os.path.getsize(os.path.join(workdir, "reports", "test_with_maps_mistakes.png")) > 0
+    assert "test_with_maps_mistakes.png" in open(os.path.join(workdir, "reports", "test_with_maps.md")).read()

@@ -64,6 +64,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     (tn, fp), (fn, tp) = block["confusion_matrix"]
     lines += [f"Confusion matrix {title}:", "", "| true \\ predicted | NORMAL | PNEUMONIA |", "|---|---|---|",
               f"| NORMAL | {tn} | {fp} |", f"| PNEUMONIA | {fn} | {tp} |", ""]
+  if report.get("mistake_maps"):
+    lines += [f"Saliency ({report['mistake_maps']['method']}) of the most confident mistakes:", "",
+              f"![most confident mistakes]({report['mistake_maps']['png']})", ""]
   for note in report.get("notes", []):
     lines.append(f"> {note}")
   skipped = report.get("skipped_files", [])
