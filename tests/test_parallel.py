@@ -22,7 +22,7 @@ STEPS, LR = 6, 1e-3
 
 def _train(workdir, tfds_dir, env_extra, extra_flags=(), timeout=300):
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu", **env_extra}
-  cmd = [sys.executable, "-m", "xray_jax.train", "--model=cnn", "--image_size=64", f"--data_dir={SAMPLE_DIR}",
+  cmd = [sys.executable, "-m", "xray_jax.train", "--model=cnn", "--image_size=32", f"--data_dir={SAMPLE_DIR}",
          f"--tfds_data_dir={tfds_dir}", f"--workdir={workdir}", "--batch_size=32", f"--num_steps={STEPS}",
          f"--learning_rate={LR}", "--warmup_epochs=0", "--noaugment", *extra_flags]
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,0 +1,179 @@
+"""Times training, inference and the input pipeline, beside a matmul ceiling measured in the same run.
+
+    python scripts/benchmark.py --model=refcnn --batch=64
+    python scripts/benchmark.py --model=refcnn --batch=64 --compare      # + Keras and PyTorch twins
+    python scripts/benchmark.py --model=cnn --data_dir=sample_data/chest_xray --json
+
+Absolute times on a shared machine drift; compare ratios taken in one run. The train step
+is timed as the trainer runs it (jitted, state donated, uint8 batch, on-device
+augmentation only with --augment), median over --steps after warm-up, synchronised with
+block_until_ready; FLOPs come from XLA's own cost analysis of the compiled step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import numpy as np
+
+from xray_jax import models
+from xray_jax import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _median_time(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def matmul_ceiling(n: int = 2048, repeats: int = 10) -> float:
+  """GFLOP/s of an n x n float32 matmul through XLA on the default device."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  return 2 * n**3 / _median_time(lambda: f(a), repeats) / 1e9
+
+
+def _flops(compiled) -> float | None:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list):
+    cost = cost[0] if cost else {}
+  return float(cost.get("flops", 0.0)) or None if cost else None
+
+
+def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: bool) -> dict:
+  config = trainer.TrainConfig(model=name, image_size=image_size, batch_size=batch)
+  model = models.get_model(name)
+  state = trainer.create_train_state(config, model, jax.random.key(0), lambda _: 1e-3)
+  rng = np.random.default_rng(0)
+  batch_np = {"image": rng.integers(0, 256, (batch, image_size, image_size, 1), dtype=np.uint8),
+              "label": rng.integers(0, 2, batch).astype(np.int32)}
+  device_batch = jax.device_put(batch_np)
+  step = jax.jit(functools.partial(trainer.train_step, class_weights=jnp.array([1.94, 0.67]),
+                                   augment_config=config.augment_config if augment else None),
+                 donate_argnums=0)
+  key = jax.random.key(1)
+  train_flops = _flops(step.lower(state, device_batch, key).compile())
+  holder = {"state": state}
+
+  def one_step():
+    holder["state"], m = step(holder["state"], device_batch, key)
+    return m["loss"]
+
+  for _ in range(3):
+    one_step()
+  train_s = _median_time(one_step, steps)
+
+  infer_batch = jax.device_put(rng.integers(0, 256, (256, image_size, image_size, 1), dtype=np.uint8))
+  infer = jax.jit(trainer.eval_step)
+  infer_flops = _flops(infer.lower(holder["state"], infer_batch).compile())
+  infer(holder["state"], infer_batch).block_until_ready()
+  infer_s = _median_time(lambda: infer(holder["state"], infer_batch), 5)
+  out = {"framework": "jax-flax", "version": f"jax {jax.__version__}", "model": name, "device": str(jax.devices()[0]),
+         "batch": batch, "params": trainer.param_count(state.params), "augment": augment,
+         "train_img_per_s": round(batch / train_s, 1), "infer_img_per_s": round(256 / infer_s, 1)}
+  if train_flops:
+    out["train_gflop_per_image"] = round(train_flops / batch / 1e9, 3)
+    out["train_gflop_per_s"] = round(train_flops / train_s / 1e9, 1)
+  if infer_flops:
+    out["infer_gflop_per_s"] = round(infer_flops / infer_s / 1e9, 1)
+  return out
+
+
+def bench_pipeline(data_dir: str, tfds_data_dir: str, image_size: int, batch: int) -> dict:
+  """Images/s of one cold epoch (read, decode, resize, fill the cache) and of a cached one."""
+  from xray_jax import chest_xray, input_pipeline  # pylint: disable=g-import-not-at-top
+  t = time.perf_counter()
+  builder = chest_xray.load_builder(data_dir=data_dir, tfds_data_dir=tfds_data_dir, image_size=image_size)
+  prepare_s = time.perf_counter() - t
+  ds = input_pipeline.load_split(builder, "train", image_size)
+  n = input_pipeline.num_examples(builder, "train")
+  result = {"pipeline_examples": n, "prepare_s": round(prepare_s, 1)}
+  for label, epoch in (("cold", 0), ("cached", 1)):
+    t = time.perf_counter()
+    seen = sum(len(b["label"]) for b in input_pipeline.train_batches(ds, num_examples=n, batch_size=batch, seed=0,
+                                                                     epoch=epoch))
+    result[f"pipeline_{label}_img_per_s"] = round(seen / (time.perf_counter() - t), 1)
+  return result
+
+
+def run_reference(script: str, steps: int, batch: int) -> dict | None:
+  module = "tensorflow" if "keras" in script else "torch"
+  if importlib.util.find_spec(module) is None or not os.path.exists(script):
+    print(f"# skipped {script}: {module} not installed or script missing", file=sys.stderr)
+    return None
+  r = subprocess.run([sys.executable, script, "--steps", str(steps), "--batch", str(batch)], capture_output=True,
+                     text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
+  if r.returncode or not lines:
+    print(f"# {script} failed: {r.stderr[-1000:]}", file=sys.stderr)
+    return None
+  return json.loads(lines[-1])
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--model", action="append", help="model name(s); default refcnn")
+  ap.add_argument("--batch", type=int, default=64)
+  ap.add_argument("--steps", type=int, default=30)
+  ap.add_argument("--image_size", type=int, default=128)
+  ap.add_argument("--augment", action="store_true", help="include on-device augmentation in the step")
+  ap.add_argument("--data_dir", help="also time the input pipeline on this Kaggle-layout folder")
+  ap.add_argument("--tfds_data_dir", default=os.path.join(REPO, "runs", "tfds_bench"))
+  ap.add_argument("--compare", action="store_true", help="also run the Keras and PyTorch reference scripts")
+  ap.add_argument("--bench_dir", default=os.path.join(REPO, "..", "shared", "bench"))
+  ap.add_argument("--json", action="store_true", help="one JSON line per framework/model, nothing else")
+  args = ap.parse_args()
+
+  ceiling = matmul_ceiling()
+  rows = []
+  for name in args.model or ["refcnn"]:
+    row = bench_model(name, batch=args.batch, steps=args.steps, image_size=args.image_size, augment=args.augment)
+    row["matmul_gflop_per_s"] = round(ceiling, 1)
+    if "train_gflop_per_s" in row:
+      row["train_fraction_of_matmul"] = round(row["train_gflop_per_s"] / ceiling, 3)
+    row["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+      row["peak_device_mib"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
+    if args.data_dir:
+      row.update(bench_pipeline(args.data_dir, args.tfds_data_dir, args.image_size, args.batch))
+      row["pipeline_to_step_ratio"] = round(row["pipeline_cached_img_per_s"] / row["train_img_per_s"], 1)
+    rows.append(row)
+  if args.compare:
+    for script in ("keras_refcnn.py", "torch_refcnn.py"):
+      ref = run_reference(os.path.join(args.bench_dir, script), args.steps, args.batch)
+      if ref:
+        rows.append(ref)
+  jax_ref = next((r for r in rows if r.get("model") == "refcnn"), None)
+  for r in rows:
+    if jax_ref and r is not jax_ref and r.get("framework") != "jax-flax":
+      r["jax_refcnn_train_speedup"] = round(jax_ref["train_img_per_s"] / r["train_img_per_s"], 2)
+      r["jax_refcnn_infer_speedup"] = round(jax_ref["infer_img_per_s"] / r["infer_img_per_s"], 2)
+  for r in rows:
+    if args.json:
+      print(json.dumps(r))
+    else:
+      print(", ".join(f"{k}={v}" for k, v in r.items()))
+
+
+if __name__ == "__main__":
+  main()
