@@ -9,7 +9,6 @@ import sys
 import time
 from collections import namedtuple
 
-import numpy as np
 import pytest
 
 from conftest import REPO, SAMPLE_DIR
@@ -22,7 +21,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
 
 
 def _config(tfds_dir, **kw):
-  base = dict(model="cnn", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, image_size=64, batch_size=32,
+  base = dict(model="cnn", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, image_size=32, batch_size=32,
               num_epochs=3, checkpoint_every_steps=3, log_every_steps=1)
   return trainer.TrainConfig(**{**base, **kw})
 

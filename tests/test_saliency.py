@@ -1,17 +1,12 @@
 """Saliency sanity: maps follow what the model learned, and the region the label depends on."""
 
 import functools
-import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
 from xray_jax import models
 from xray_jax import saliency
 from xray_jax import trainer

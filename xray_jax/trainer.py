@@ -287,13 +287,16 @@ def _format_seconds(s: float) -> str:
   return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = False) -> dict[str, Any]:
-  """Trains (resuming from the workdir's last checkpoint), keeps the best, returns its metrics."""
-  models.get_model(config.model)  # fail fast on an unknown name, before any data work
-  if config.best_metric not in ("roc_auc", "loss", "accuracy"):
-    raise UsageError(f"--best_metric={config.best_metric!r} must be one of roc_auc, loss, accuracy.")
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.batch_size, mesh)
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+  builder: chest_xray.ChestXrayPneumonia
+  n_train: int
+  n_val: int
+  class_weights: np.ndarray
+
+
+def load_training_data(config: TrainConfig, workdir: str, overwrite: bool) -> TrainingData:
+  """Prepares (process 0) or loads the data and the workdir, checks the batch, logs the split."""
   load = functools.partial(chest_xray.load_builder, data_dir=config.data_dir,
                            tfds_data_dir=config.tfds_data_dir, image_size=config.image_size)
   builder = load() if parallel.is_primary() else None  # one process prepares the data...
@@ -317,6 +320,18 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = F
                meta["patients"]["train"], n_val, meta["patients"]["validation"])
   logging.info("Class counts %s -> class weights %s", dict(zip(("NORMAL", "PNEUMONIA"), counts)),
                dict(zip(("NORMAL", "PNEUMONIA"), [round(float(w), 4) for w in weights])))
+  return TrainingData(builder, n_train, n_val, weights)
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = False) -> dict[str, Any]:
+  """Trains (resuming from the workdir's last checkpoint), keeps the best, returns its metrics."""
+  models.get_model(config.model)  # fail fast on an unknown name, before any data work
+  if config.best_metric not in ("roc_auc", "loss", "accuracy"):
+    raise UsageError(f"--best_metric={config.best_metric!r} must be one of roc_auc, loss, accuracy.")
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.batch_size, mesh)
+  data = load_training_data(config, workdir, overwrite)
+  builder, n_train, n_val, weights = data.builder, data.n_train, data.n_val, data.class_weights
 
   steps_per_epoch = n_train // config.batch_size
   total_steps = config.num_steps or config.num_epochs * steps_per_epoch
