@@ -59,6 +59,10 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any
   """
   host_state = jax.device_get(state)
   meta = {**meta, "state_sha256": tree_digest(host_state)}
+  if step in mngr.all_steps():
+    # A resumed run can reach a step saved before (best/ kept step S while checkpoints/
+    # fell back to an earlier one): the newer save of that step replaces the older.
+    mngr.delete(step)
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)),
             force=True)
 
