@@ -124,8 +124,3 @@ def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
 
 def class_counts(builder: tfds.core.DatasetBuilder, split: str) -> list[int]:
   return list(builder.info.metadata["class_counts"][split])
-
-
-def stored_max_side(builder: tfds.core.DatasetBuilder) -> int:
-  return int(builder.builder_config.max_side)
-
