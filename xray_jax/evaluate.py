@@ -73,7 +73,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
   config, state, meta = restore_for_eval(workdir, checkpoint)
   mesh = parallel.make_mesh()
   batch_size = batch_size or config.eval_batch_size
-  batch_size = -(-batch_size // mesh.size) * mesh.size  # a multiple of the devices; padding is masked
+  batch_size = parallel.round_up_to_devices(batch_size, mesh)
   builder = None
   if split is not None or meta.get("chosen_threshold") is None:
     # The data the run trained on, unless told otherwise; its fingerprint check catches edits.

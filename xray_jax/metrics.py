@@ -77,6 +77,12 @@ def youden_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
   return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
 
+def binary_nll(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+  """Per-example cross-entropy of P(PNEUMONIA) = probs against 0/1 labels."""
+  p_true = np.where(np.asarray(labels) == 1, probs, 1.0 - np.asarray(probs))
+  return -np.log(np.clip(p_true, 1e-12, 1.0))
+
+
 def summarize(labels: np.ndarray, probs: np.ndarray, nll: np.ndarray) -> dict:
   """Threshold-free metrics plus those at 0.5, the headline numbers of a training epoch."""
   at_half = at_threshold(labels, probs, 0.5)

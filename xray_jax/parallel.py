@@ -59,6 +59,11 @@ def check_batch_size(batch_size: int, mesh: Mesh, flag: str = "--batch_size") ->
                      f"pass {flag}={options}.")
 
 
+def round_up_to_devices(batch_size: int, mesh: Mesh) -> int:
+  """The smallest multiple of the device count >= batch_size (evaluation pads and masks anyway)."""
+  return -(-batch_size // mesh.size) * mesh.size
+
+
 def local_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 

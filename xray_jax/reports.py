@@ -18,8 +18,7 @@ def build_report(*, labels: np.ndarray, probs: np.ndarray, class_weights: np.nda
                  threshold_rule: str, info: dict[str, Any]) -> dict[str, Any]:
   """The report dict. `loss` is the plain mean cross-entropy; `weighted_loss` uses the
   training class weights, as the training loss does."""
-  p_true = np.where(labels == 1, probs, 1.0 - probs)
-  nll = -np.log(np.clip(p_true, 1e-12, 1.0))
+  nll = metrics.binary_nll(labels, probs)
   counts = np.bincount(labels, minlength=2)
   return {
       **info,

@@ -161,8 +161,7 @@ class Predictions:
 
   @property
   def nll(self) -> np.ndarray:
-    p = np.where(self.labels == 1, self.probs, 1.0 - self.probs)
-    return -np.log(np.clip(p, 1e-12, 1.0))
+    return metrics.binary_nll(self.labels, self.probs)
 
 
 def predict(state: TrainState, batches: Iterable[input_pipeline.Batch],
@@ -360,7 +359,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = F
 
   train_ds = input_pipeline.load_split(builder, "train", config.image_size)
   val_ds = input_pipeline.load_split(builder, "validation", config.image_size)
-  eval_batch_size = -(-config.eval_batch_size // mesh.size) * mesh.size  # padded and masked anyway
+  eval_batch_size = parallel.round_up_to_devices(config.eval_batch_size, mesh)
   state = parallel.replicate(state, mesh)
   repl = parallel.replicated(mesh)
   step_fn = jax.jit(functools.partial(
