@@ -25,11 +25,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import jax  # pylint: disable=g-import-not-at-top
+import flax.linen as nn  # pylint: disable=g-import-not-at-top
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xray_jax import models
+from xray_jax import layers
 from xray_jax import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,9 +60,9 @@ def _flops(compiled) -> float | None:
   return float(cost.get("flops", 0.0)) or None if cost else None
 
 
-def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: bool) -> dict:
-  config = trainer.TrainConfig(model=name, image_size=image_size, batch_size=batch)
-  model = models.get_model(name)
+def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: bool, dtype: str) -> dict:
+  config = trainer.TrainConfig(model=name, image_size=image_size, batch_size=batch, dtype=dtype)
+  model = trainer.create_model(config)
   state = trainer.create_train_state(config, model, jax.random.key(0), lambda _: 1e-3)
   rng = np.random.default_rng(0)
   batch_np = {"image": rng.integers(0, 256, (batch, image_size, image_size, 1), dtype=np.uint8),
@@ -88,7 +89,8 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   infer(holder["state"], infer_batch).block_until_ready()
   infer_s = _median_time(lambda: infer(holder["state"], infer_batch), 5)
   out = {"framework": "jax-flax", "version": f"jax {jax.__version__}", "model": name, "device": str(jax.devices()[0]),
-         "batch": batch, "params": trainer.param_count(state.params), "augment": augment,
+         "batch": batch, "params": trainer.param_count(state.params), "augment": augment, "dtype": dtype,
+         "conv": "nn.Conv" if layers.Conv is nn.Conv else "layers.Conv",
          "train_img_per_s": round(batch / train_s, 1), "infer_img_per_s": round(256 / infer_s, 1)}
   if train_flops:
     out["train_gflop_per_image"] = round(train_flops / batch / 1e9, 3)
@@ -136,6 +138,9 @@ def main():
   ap.add_argument("--steps", type=int, default=30)
   ap.add_argument("--image_size", type=int, default=128)
   ap.add_argument("--augment", action="store_true", help="include on-device augmentation in the step")
+  ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+  ap.add_argument("--plain_conv", action="store_true",
+                  help="models use nn.Conv instead of layers.Conv: what the fast kernel gradient delivers")
   ap.add_argument("--data_dir", help="also time the input pipeline on this Kaggle-layout folder")
   ap.add_argument("--tfds_data_dir", default=os.path.join(REPO, "runs", "tfds_bench"))
   ap.add_argument("--compare", action="store_true", help="also run the Keras and PyTorch reference scripts")
@@ -143,10 +148,13 @@ def main():
   ap.add_argument("--json", action="store_true", help="one JSON line per framework/model, nothing else")
   args = ap.parse_args()
 
+  if args.plain_conv:
+    layers.Conv = nn.Conv  # models look layers.Conv up when they are called
   ceiling = matmul_ceiling()
   rows = []
   for name in args.model or ["refcnn"]:
-    row = bench_model(name, batch=args.batch, steps=args.steps, image_size=args.image_size, augment=args.augment)
+    row = bench_model(name, batch=args.batch, steps=args.steps, image_size=args.image_size, augment=args.augment,
+                      dtype=args.dtype)
     row["matmul_gflop_per_s"] = round(ceiling, 1)
     if "train_gflop_per_s" in row:
       row["train_fraction_of_matmul"] = round(row["train_gflop_per_s"] / ceiling, 3)

@@ -1,13 +1,11 @@
 import functools
 import textwrap
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xray_jax import layers
 from xray_jax import models
 from xray_jax.errors import UsageError
 
@@ -69,18 +67,25 @@ def test_new_model_file_is_found_by_name(tmp_path, monkeypatch):
   assert "tiny" in models.available()
   model = models.get_model("tiny")
   assert model.apply(_init(model, 8), jnp.zeros((1, 8, 8, 1)), train=False).shape == (1, 2)
+  # A model without a `dtype` field runs in float32 only, and says so.
+  with pytest.raises(UsageError, match="no `dtype` field"):
+    models.get_model("tiny", dtype="bfloat16")
+
+
+@pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
+def test_bfloat16_compute_keeps_float32_parameters(name):
+  f32, bf16 = models.get_model(name), models.get_model(name, dtype="bfloat16")
+  variables = _init(f32, 64)
+  assert jax.tree.structure(_init(bf16, 64)) == jax.tree.structure(variables)
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(_init(bf16, 64)))
+  x = jax.random.uniform(jax.random.key(1), (4, 64, 64, 1))
+  got = bf16.apply(variables, x, train=False)
+  assert got.dtype == jnp.bfloat16
+  # Same function to bfloat16's 8 bits of mantissa.
+  want = f32.apply(variables, x, train=False)
+  np.testing.assert_allclose(got.astype(jnp.float32), want, atol=0.05 * float(jnp.abs(want).max()) + 1e-3)
 
 
 def test_cnn_rejects_image_size_it_cannot_pool():
   with pytest.raises(ValueError, match="divisible by 32"):
     _init(models.get_model("cnn"), 100)
-
-
-@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2), (3, 128, 128, 1)])
-def test_fast_max_pool_equals_flax_max_pool_in_values_and_gradients(shape):
-  x = jax.random.normal(jax.random.key(0), shape)
-  ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
-  np.testing.assert_array_equal(layers.max_pool_2x2(x), ref(x))
-  g = jax.random.normal(jax.random.key(1), ref(x).shape)
-  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * g))(x)
-  np.testing.assert_array_equal(grad(layers.max_pool_2x2), grad(ref))

@@ -1,5 +1,10 @@
 """Small layers with faster formulations than the generic library ops, same math."""
 
+import functools
+
+import flax.linen as nn
+import jax
+from jax import lax
 import jax.numpy as jnp
 
 
@@ -13,3 +18,77 @@ def max_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   b, h, w, c = x_BxHxWxC.shape
   x = x_BxHxWxC[:, : h // 2 * 2, : w // 2 * 2, :]
   return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+def _is_plain_nhwc_conv(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
+                        feature_group_count, batch_group_count) -> bool:
+  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  return (lhs.ndim == 4 and all(s == 1 for s in window_strides)
+          and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
+          and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+          and feature_group_count == 1 and batch_group_count == 1)
+
+
+def _kernel_grad_by_rows(x, g, pads, kh: int, kw: int):
+  """d loss / d kernel of a stride-1 NHWC conv: one matmul per kernel row.
+
+  For kernel row i, the kw horizontally shifted copies of the padded input rows
+  i..i+H are put side by side ([N*H*W, kw*Cin]) and contracted with the output
+  gradient ([N*H*W, Cout]) over all pixels.
+  """
+  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  _, h, w, cout = g.shape
+  cin = x.shape[-1]
+  g2 = g.reshape(-1, cout)
+  rows = []
+  for i in range(kh):
+    band = xp[:, i:i + h]
+    patches = jnp.concatenate([band[:, :, j:j + w, :] for j in range(kw)], axis=-1)
+    rows.append((patches.reshape(-1, kw * cin).T @ g2).reshape(kw, cin, cout))
+  return jnp.stack(rows)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated` whose kernel gradient is matmuls on CPU; same math.
+
+  Pass as `nn.Conv(..., conv_general_dilated=layers.conv_general_dilated)` (or use
+  `layers.Conv`). The forward pass and the input gradient are XLA's own convolutions.
+  What changes is the kernel gradient of stride-1 NHWC convs on the CPU backend: XLA:CPU
+  runs it as a convolution whose "kernel" is the whole output gradient, at a few
+  GFLOP/s, while the same sums written as one matmul per kernel row run near the
+  matmul rate (benchmarks/RESULTS.md has the measurements). Other backends (cuDNN has
+  fast kernel-gradient algorithms) and other conv shapes use lax unchanged.
+  """
+  ref = functools.partial(
+      lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+      precision=precision, preferred_element_type=preferred_element_type)
+  if jax.default_backend() != "cpu" or not _is_plain_nhwc_conv(
+      lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
+      feature_group_count, batch_group_count):
+    return ref(lhs, rhs)
+  kh, kw = rhs.shape[:2]
+  pads = (lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
+          if isinstance(padding, str) else padding)
+
+  @jax.custom_vjp
+  def conv(x, k):
+    return ref(x, k)
+
+  def conv_fwd(x, k):
+    return ref(x, k), (x, k)
+
+  def conv_bwd(residuals, g):
+    x, k = residuals
+    dx = jax.vjp(lambda x: ref(x, k), x)[1](g)[0]  # XLA's own input gradient
+    return dx, _kernel_grad_by_rows(x, g.astype(x.dtype), pads, kh, kw).astype(k.dtype)
+
+  conv.defvjp(conv_fwd, conv_bwd)
+  return conv(lhs, rhs)
+
+
+# nn.Conv with the kernel gradient above: same parameters and names as nn.Conv.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)

@@ -40,6 +40,8 @@ flags.DEFINE_float("aug_shift", _D.augment_config.shift, "Max shift (fraction of
 flags.DEFINE_float("aug_brightness", _D.augment_config.brightness, "Max brightness change.")
 flags.DEFINE_float("aug_contrast", _D.augment_config.contrast, "Max contrast change (fraction).")
 flags.DEFINE_float("aug_gamma", _D.augment_config.gamma, "Gamma exponent range is [1/(1+g), 1+g].")
+flags.DEFINE_enum("dtype", _D.dtype, ["float32", "bfloat16"], "Compute dtype of the model's layers; "
+                  "parameters, optimizer and loss stay float32. bfloat16 pays off on GPUs and TPUs, not on CPUs.")
 flags.DEFINE_integer("seed", _D.seed, "Seed of initialisation, data order, augmentation and dropout.")
 flags.DEFINE_integer("log_every_steps", _D.log_every_steps, "Console progress every N steps.")
 flags.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps,

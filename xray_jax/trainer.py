@@ -59,6 +59,7 @@ class TrainConfig:
   log_every_steps: int = 50
   checkpoint_every_steps: int = 500
   best_metric: str = "roc_auc"  # roc_auc | loss | accuracy, on the validation split
+  dtype: str = "float32"  # compute dtype of the model; parameters and optimizer stay float32
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -75,7 +76,7 @@ class TrainState(train_state.TrainState):
 
 
 def create_model(config: TrainConfig) -> nn.Module:
-  return models.get_model(config.model, num_classes=config.num_classes)
+  return models.get_model(config.model, num_classes=config.num_classes, dtype=config.dtype)
 
 
 def create_learning_rate_fn(config: TrainConfig, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
@@ -121,6 +122,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array,
   def loss_fn(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images, train=True,
                                      rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    logits = logits.astype(jnp.float32)  # the loss in float32 whatever the compute dtype
     loss = losses.weighted_softmax_xent(logits=logits, labels=labels, class_weights=class_weights,
                                         label_smoothing=label_smoothing)
     return loss, (logits, updates)

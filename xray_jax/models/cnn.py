@@ -7,6 +7,8 @@ image size divisible by 32. The last block's activations are marked for
 saliency methods that need the last conv block (Grad-CAM) by `saliency.mark_features`.
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -16,11 +18,12 @@ from xray_jax import saliency
 
 class ConvBN(nn.Module):
   features: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False)(x)  # BatchNorm supplies the bias
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)  # BatchNorm supplies the bias
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
     return nn.relu(x)
 
 
@@ -28,6 +31,7 @@ class Model(nn.Module):
   num_classes: int = 2
   widths: tuple[int, ...] = (16, 32, 64, 128, 256)
   dropout: float = 0.3
+  dtype: Any = jnp.float32  # compute dtype (--dtype); parameters stay float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
@@ -35,11 +39,11 @@ class Model(nn.Module):
     if x.shape[1] % factor or x.shape[2] % factor:
       raise ValueError(f"cnn needs an image size divisible by {factor}; got {x.shape[1]}x{x.shape[2]}.")
     for i, width in enumerate(self.widths):
-      x = ConvBN(width)(x, train=train)
-      x = ConvBN(width)(x, train=train)
+      x = ConvBN(width, self.dtype)(x, train=train)
+      x = ConvBN(width, self.dtype)(x, train=train)
       if i == len(self.widths) - 1:
         x = saliency.mark_features(self, x)
       x = layers.max_pool_2x2(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x)

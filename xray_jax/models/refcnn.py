@@ -6,6 +6,8 @@ parameters for one input channel and two classes. Kept identical for speed compa
 the `cnn` model is the one tuned for accuracy.
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -16,16 +18,17 @@ from xray_jax import saliency
 class Model(nn.Module):
   num_classes: int = 2
   widths: tuple[int, ...] = (32, 64, 128, 256)
+  dtype: Any = jnp.float32  # compute dtype (--dtype); parameters stay float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     for i, width in enumerate(self.widths):
-      x = nn.Conv(width, (3, 3), padding="SAME")(x)
+      x = layers.Conv(width, (3, 3), padding="SAME", dtype=self.dtype)(x)
       # Keras' BatchNormalization defaults, to match the reference.
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=self.dtype)(x)
       x = nn.relu(x)
       if i == len(self.widths) - 1:
         x = saliency.mark_features(self, x)  # the last conv block, for Grad-CAM
       x = layers.max_pool_2x2(x)  # same values as nn.max_pool 2x2, faster on CPU (tests prove it)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x)

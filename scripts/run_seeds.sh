@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Trains one experiment with several seeds, one workdir each (runs/<name>_s<seed>), for the
+# mean and spread that experiments/RESULTS.md reports. A run that is already complete is
+# resumed, which returns at once, so the script can be rerun after an interruption.
+#   bash scripts/run_seeds.sh cnn ../shared/data/chest_xray 0 1 2
+# Extra train flags go in EXTRA_FLAGS, e.g. EXTRA_FLAGS="--tfds_data_dir=runs/tfds_shared".
+set -euo pipefail
+source "$(dirname "$0")/_venv.sh"
+name=$1; data_dir=$2; shift 2
+for seed in "$@"; do
+  wd=runs/${name}_s${seed}
+  echo "== $name seed $seed -> $wd ($(date -u +%H:%M:%S))"
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  .venv/bin/python -m xray_jax.train --flagfile="experiments/$name.flags" --data_dir="$data_dir" \
+    --workdir="$wd" --seed="$seed" ${EXTRA_FLAGS:-}
+  echo "== $name seed $seed done in $(( $(date +%s) - start )) s" | tee -a "$wd/wall_time.txt"
+done

@@ -1,0 +1,67 @@
+"""Every fast layer in xray_jax/layers.py equals the library op it replaces, in values and gradients."""
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xray_jax import layers
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2), (3, 128, 128, 1)])
+def test_fast_max_pool_equals_flax_max_pool_in_values_and_gradients(shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(layers.max_pool_2x2(x), ref(x))
+  g = jax.random.normal(jax.random.key(1), ref(x).shape)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * g))(x)
+  np.testing.assert_array_equal(grad(layers.max_pool_2x2), grad(ref))
+
+
+def _value_and_grads(conv, x, k, **kwargs):
+  y = conv(x, k, **kwargs)
+  g = jax.random.normal(jax.random.key(7), y.shape)  # a random cotangent, not a symmetric one
+  dx, dk = jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k, **kwargs) * g), argnums=(0, 1)))(x, k)
+  return y, dx, dk
+
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.mark.parametrize("x_shape,k_shape,padding", [
+    ((2, 16, 16, 1), (3, 3, 1, 8), "SAME"),       # first layer: one input channel
+    ((3, 12, 10, 5), (3, 3, 5, 7), "SAME"),       # non-square image
+    ((2, 9, 9, 4), (3, 3, 4, 6), "VALID"),
+    ((2, 11, 13, 3), (5, 3, 3, 4), ((2, 1), (0, 3))),  # non-square kernel, uneven explicit padding
+])
+def test_fast_conv_equals_lax_conv_in_values_and_gradients(x_shape, k_shape, padding):
+  x = jax.random.normal(jax.random.key(0), x_shape)
+  k = jax.random.normal(jax.random.key(1), k_shape)
+  kwargs = dict(window_strides=(1, 1), padding=padding, dimension_numbers=NHWC)
+  got = _value_and_grads(layers.conv_general_dilated, x, k, **kwargs)
+  want = _value_and_grads(lax.conv_general_dilated, x, k, **kwargs)
+  np.testing.assert_array_equal(got[0], want[0])  # forward: the same XLA convolution
+  np.testing.assert_array_equal(got[1], want[1])  # input gradient: the same XLA convolution
+  # Kernel gradient: the same sums in another order, so equal to float32 rounding.
+  np.testing.assert_allclose(got[2], want[2], rtol=1e-5, atol=1e-5 * float(jnp.abs(want[2]).max()))
+
+
+def test_fast_conv_leaves_strided_convs_to_lax():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+  kwargs = dict(window_strides=(2, 2), padding="SAME", dimension_numbers=NHWC)
+  for got, want in zip(_value_and_grads(layers.conv_general_dilated, x, k, **kwargs),
+                       _value_and_grads(lax.conv_general_dilated, x, k, **kwargs)):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_fast_conv_module_has_nn_conv_parameters_and_gradients():
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  fast, ref = layers.Conv(8, (3, 3)), nn.Conv(8, (3, 3))
+  params = ref.init(jax.random.key(1), x)
+  assert jax.tree.structure(fast.init(jax.random.key(1), x)) == jax.tree.structure(params)
+  loss = lambda m: jax.grad(lambda p: jnp.sum(jnp.sin(m.apply(p, x))))(params)
+  for got, want in zip(jax.tree.leaves(loss(fast)), jax.tree.leaves(loss(ref))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
