@@ -1,6 +1,10 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+import scipy.ndimage
 
 from xray_jax import augment
 
@@ -44,3 +48,34 @@ def test_affine_moves_content_the_way_it_says():
   # A positive angle turns content clockwise on screen (rows go down): right of centre -> below.
   assert np.unravel_index(np.argmax(rotated[..., 0]), (9, 9)) == (6, 4)
   assert np.unravel_index(np.argmax(shifted[..., 0]), (9, 9)) == (6, 6)
+
+
+@pytest.mark.parametrize("sigma", [0.7, 1.3, 2.0])
+def test_gaussian_blur_equals_scipy(sigma):
+  x = np.asarray(_images(1, 40)[0])
+  want = scipy.ndimage.gaussian_filter(x[..., 0], sigma, mode="nearest", truncate=6 / sigma)
+  got = augment.gaussian_blur(jnp.asarray(x), jnp.float32(sigma))[..., 0]
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_array_equal(augment.gaussian_blur(jnp.asarray(x), jnp.float32(0.0)), x)
+
+
+def test_blur_and_noise_are_off_by_default_and_on_when_asked():
+  x = _images(4, 32)
+  key = jax.random.key(5)
+  base = augment.augment_batch(key, x, CFG)
+  assert CFG.blur == 0 and CFG.noise == 0
+  noisy = augment.augment_batch(key, x, dataclasses.replace(CFG, noise=0.1))
+  blurred = augment.augment_batch(key, x, dataclasses.replace(CFG, blur=2.0))
+  assert float(jnp.abs(noisy - base).mean()) > 1e-3
+  # Blur removes high frequencies: neighbouring pixels differ less.
+  tv = lambda y: float(jnp.abs(jnp.diff(y, axis=2)).mean())
+  assert tv(blurred) < tv(base)
+  assert float(noisy.min()) >= 0.0 and float(noisy.max()) <= 1.0
+
+
+def test_tta_views_keep_shape_and_the_identity_view_is_the_image():
+  x = _images(2, 32)
+  np.testing.assert_array_equal(augment.tta_view(x, augment.TTA_VIEWS[0]), x)
+  for view in augment.TTA_VIEWS[1:]:
+    y = augment.tta_view(x, view)
+    assert y.shape == x.shape and float(jnp.abs(y - x).mean()) > 1e-3

@@ -3,7 +3,10 @@
 Geometry: a random affine per image (small rotation, scale, shift), sampled bilinearly
 with edges replicated, so no black borders appear that a model could learn from.
 Intensity: gamma, contrast and brightness, as exposure and processing differ between
-X-ray machines. No flips: a mirrored chest (heart on the right) is not a real patient.
+X-ray machines. Detector: optional Gaussian blur and noise (off by default; the `cnn`
+experiment turns them on, because the stress test showed a model trained without them
+calls noisy or soft NORMAL films PNEUMONIA). No flips: a mirrored chest (heart on the
+right) is not a real patient.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ class AugmentConfig:
   brightness: float = 0.10  # added, uniform in [-brightness, brightness]
   contrast: float = 0.20  # factor around the image mean, uniform in [1 - contrast, 1 + contrast]
   gamma: float = 0.25  # exponent log-uniform in [1 / (1 + gamma), 1 + gamma]
+  blur: float = 0.0  # Gaussian blur sigma uniform in [0, blur] pixels (at most 2)
+  noise: float = 0.0  # Gaussian noise std uniform in [0, noise] (images in [0, 1])
 
 
 def affine(image_HxWxC: jnp.ndarray, *, angle: jnp.ndarray, scale: jnp.ndarray,
@@ -50,17 +55,58 @@ def intensity(image: jnp.ndarray, *, gamma: jnp.ndarray, contrast: jnp.ndarray,
   return jnp.clip((image - mean) * contrast + mean + brightness, 0.0, 1.0)
 
 
+_BLUR_RADIUS = 6  # taps each side: enough for sigma up to 2
+
+
+def gaussian_blur(image_HxWxC: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
+  """Separable Gaussian blur with a traced sigma (edges replicated); sigma 0 is the identity."""
+  taps = jnp.arange(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=jnp.float32)
+  k = jnp.where(sigma > 1e-3, jnp.exp(-jnp.square(taps) / (2 * jnp.square(jnp.maximum(sigma, 1e-3)))),
+                (taps == 0).astype(jnp.float32))
+  k = k / jnp.sum(k)
+  h, w, _ = image_HxWxC.shape
+  r = _BLUR_RADIUS
+  x = jnp.pad(image_HxWxC, ((r, r), (0, 0), (0, 0)), mode="edge")
+  x = sum(k[i] * x[i:i + h] for i in range(2 * r + 1))
+  x = jnp.pad(x, ((0, 0), (r, r), (0, 0)), mode="edge")
+  return sum(k[i] * x[:, i:i + w] for i in range(2 * r + 1))
+
+
 def _augment_one(key: jax.Array, image: jnp.ndarray, cfg: AugmentConfig) -> jnp.ndarray:
   k = jax.random.split(key, 6)
   h, w, _ = image.shape
   u = lambda key, r, shape=(): jax.random.uniform(key, shape, minval=-r, maxval=r)
   image = affine(image, angle=jnp.deg2rad(u(k[0], cfg.rotate_deg)), scale=1.0 + u(k[1], cfg.scale),
                  shift_yx=u(k[2], cfg.shift, (2,)) * jnp.array([h, w], jnp.float32))
-  return intensity(image, gamma=jnp.exp(u(k[3], jnp.log1p(cfg.gamma))), contrast=1.0 + u(k[4], cfg.contrast),
-                   brightness=u(k[5], cfg.brightness))
+  if cfg.blur or cfg.noise:  # a static branch: runs without them draw the same random numbers as before
+    kb, kn, kz = jax.random.split(jax.random.fold_in(key, 1), 3)
+    image = gaussian_blur(image, jax.random.uniform(kb, (), maxval=min(cfg.blur, 2.0)))
+  image = intensity(image, gamma=jnp.exp(u(k[3], jnp.log1p(cfg.gamma))), contrast=1.0 + u(k[4], cfg.contrast),
+                    brightness=u(k[5], cfg.brightness))
+  if cfg.noise:
+    std = jax.random.uniform(kn, (), maxval=cfg.noise)
+    image = jnp.clip(image + std * jax.random.normal(kz, image.shape), 0.0, 1.0)
+  return image
 
 
 def augment_batch(key: jax.Array, images_BxHxWxC: jnp.ndarray, cfg: AugmentConfig) -> jnp.ndarray:
   """Independent random transforms per image; float images in [0, 1] stay in [0, 1]."""
   keys = jax.random.split(key, images_BxHxWxC.shape[0])
   return jax.vmap(lambda k, x: _augment_one(k, x, cfg))(keys, images_BxHxWxC)
+
+
+# Test-time augmentation: the identity plus mild zooms and horizontal/vertical shifts, as
+# (scale, shift_y, shift_x) with shifts in fractions of the image size. No flips or large
+# rotations: chest anatomy is not mirror-symmetric and films are taken upright.
+TTA_VIEWS = ((1.0, 0.0, 0.0), (1.08, 0.0, 0.0), (0.93, 0.0, 0.0), (1.0, 0.0, 0.04), (1.0, 0.0, -0.04),
+             (1.0, 0.04, 0.0), (1.0, -0.04, 0.0))
+
+
+def tta_view(images_BxHxWxC: jnp.ndarray, view: tuple[float, float, float]) -> jnp.ndarray:
+  scale, dy, dx = view
+  if view == (1.0, 0.0, 0.0):
+    return images_BxHxWxC
+  h, w = images_BxHxWxC.shape[1:3]
+  shift = jnp.array([dy * h, dx * w], jnp.float32)
+  return jax.vmap(lambda x: affine(x, angle=jnp.float32(0.0), scale=jnp.float32(scale), shift_yx=shift))(
+      images_BxHxWxC)

@@ -2,10 +2,13 @@
 
     python -m xray_jax.evaluate --workdir=runs/cnn --split=test
     python -m xray_jax.evaluate --workdir=runs/cnn --image_dir=FOLDER   # holds NORMAL/ and PNEUMONIA/
+    python -m xray_jax.evaluate --workdir=runs/cnn_s0 --ensemble=runs/cnn_s1,runs/cnn_s2 --tta \
+        --split=validation --stress --label_shift=em --report_name=ensemble_validation
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any
@@ -16,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xray_jax import calibration
 from xray_jax import checkpoints
 from xray_jax import chest_xray
 from xray_jax import cli
@@ -25,6 +29,7 @@ from xray_jax import parallel
 from xray_jax import images
 from xray_jax import reports
 from xray_jax import saliency
+from xray_jax import stress
 from xray_jax import trainer
 from xray_jax.errors import UsageError
 
@@ -42,6 +47,16 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", None, "Evaluation batch size (default: the run's).")
   flags.DEFINE_string("report_name", None, "Report file name (default: the split, or image_dir_<folder>).")
   flags.DEFINE_integer("mistake_maps", 8, "Saliency maps of this many most confident mistakes (0: none).")
+  flags.DEFINE_list("ensemble", [], "More workdirs whose probabilities are averaged with --workdir's "
+                    "(same image size); the threshold is then chosen on the ensemble's validation output.")
+  flags.DEFINE_bool("tta", False, "Test-time augmentation: average over augment.TTA_VIEWS (zooms, shifts).")
+  flags.DEFINE_bool("temperature_scaling", False, "Divide logits by a temperature fitted on validation.")
+  flags.DEFINE_enum("label_shift", "none", ["none", "em"], "em: estimate the evaluated data's class prior "
+                    "from its unlabeled outputs (Saerens et al. 2002) and also report the minimum-error "
+                    "threshold under that prior.")
+  flags.DEFINE_bool("stress", False, "Also evaluate under each shift of xray_jax/stress.py "
+                    "(writes <name>_stress.md/.json).")
+  flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples (of patients) for the 95% intervals.")
 
 
 def restore_for_eval(workdir: str, which: str) -> tuple[trainer.TrainConfig, trainer.TrainState, dict[str, Any]]:
@@ -63,33 +78,86 @@ def restore_for_eval(workdir: str, which: str) -> tuple[trainer.TrainConfig, tra
   return config, state, meta
 
 
+@dataclasses.dataclass
+class Predictor:
+  """What a report scores: one checkpoint's probabilities, or their mean over several runs
+  (an ensemble), each optionally averaged over test-time views."""
+  members: list[tuple[trainer.TrainConfig, trainer.TrainState]]
+  batch_size: int
+  tta: bool = False
+
+  def __call__(self, ds, num_examples: int) -> trainer.Predictions:
+    runs = [trainer.predict(state, input_pipeline.eval_batches(ds, num_examples=num_examples,
+                                                               batch_size=self.batch_size), tta=self.tta)
+            for _, state in self.members]
+    return dataclasses.replace(runs[0], probs=np.mean([r.probs for r in runs], axis=0))
+
+  @property
+  def plain(self) -> bool:
+    return len(self.members) == 1 and not self.tta
+
+  def describe(self) -> str:
+    parts = [f"mean of {len(self.members)} runs"] if len(self.members) > 1 else []
+    return ", ".join(parts + (["test-time augmentation"] if self.tta else [])) or "single model"
+
+
+def _source_prior(builder, weights: np.ndarray) -> float:
+  counts = np.asarray(builder.info.metadata["class_counts"]["train"], np.float64)
+  return calibration.effective_prior(counts, weights)
+
+
 def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str | None = None,
                      checkpoint: str = "best", data_dir: str | None = None, tfds_data_dir: str | None = None,
                      batch_size: int | None = None, report_name: str | None = None,
-                     mistake_maps: int = 0) -> dict[str, Any]:
-  """Evaluates one checkpoint of `workdir` on a split or a folder; returns the report."""
+                     mistake_maps: int = 0, ensemble: list[str] | tuple[str, ...] = (), tta: bool = False,
+                     temperature_scaling: bool = False, label_shift: str = "none", stress: bool = False,
+                     bootstrap: int = 1000) -> dict[str, Any]:
+  """Evaluates one checkpoint of `workdir` (or an ensemble) on a split or a folder; returns the report."""
   if (split is None) == (image_dir is None):
     raise UsageError("Pass exactly one of --split=NAME or --image_dir=FOLDER.")
   config, state, meta = restore_for_eval(workdir, checkpoint)
+  members = [(config, state)]
+  for other in ensemble:
+    other_config, other_state, _ = restore_for_eval(other, checkpoint)
+    if other_config.image_size != config.image_size:
+      raise UsageError(f"--ensemble={other} trained at image size {other_config.image_size}, --workdir={workdir} "
+                       f"at {config.image_size}; an ensemble needs one image size.")
+    members.append((other_config, other_state))
   mesh = parallel.make_mesh()
-  batch_size = batch_size or config.eval_batch_size
-  batch_size = parallel.round_up_to_devices(batch_size, mesh)
+  batch_size = parallel.round_up_to_devices(batch_size or config.eval_batch_size, mesh)
+  predictor = Predictor(members, batch_size, tta)
+  needs_validation = not predictor.plain or temperature_scaling or meta.get("chosen_threshold") is None
   builder = None
-  if split is not None or meta.get("chosen_threshold") is None:
+  if split is not None or needs_validation or label_shift != "none":
     # The data the run trained on, unless told otherwise; its fingerprint check catches edits.
     data_dir = data_dir or (config.data_dir if config.data_dir and os.path.isdir(config.data_dir) else None)
     builder = chest_xray.load_builder(data_dir=data_dir, tfds_data_dir=tfds_data_dir or config.tfds_data_dir,
                                       image_size=config.image_size)
 
-  def predict_split(name: str) -> trainer.Predictions:
-    ds = input_pipeline.load_split(builder, name, config.image_size)
-    n = input_pipeline.num_examples(builder, name)
-    return trainer.predict(state, input_pipeline.eval_batches(ds, num_examples=n, batch_size=batch_size))
+  def split_ds(name: str):
+    return input_pipeline.load_split(builder, name, config.image_size), input_pipeline.num_examples(builder, name)
 
+  extra: dict[str, str] = {}
   threshold, rule = meta.get("chosen_threshold"), meta.get("threshold_rule", trainer.THRESHOLD_RULE)
-  if threshold is None:  # a mid-epoch checkpoint: choose now, by the same rule
-    val = predict_split("validation")
-    threshold = metrics.youden_threshold(val.labels, val.probs)
+  temperature = 1.0
+  if needs_validation:
+    val = predictor(*split_ds("validation"))
+    if temperature_scaling:
+      temperature = calibration.fit_temperature(val.labels, val.probs)
+      extra["temperature"] = (f"{temperature:.4f}, fitted on validation (ECE there "
+                              f"{metrics.calibration_bins(val.labels, val.probs)['ece']:.4f} before, "
+                              f"{metrics.calibration_bins(val.labels, calibration.apply_temperature(val.probs, temperature))['ece']:.4f} after)")
+      val = dataclasses.replace(val, probs=calibration.apply_temperature(val.probs, temperature))
+    if threshold is None or not predictor.plain:
+      threshold = metrics.youden_threshold(val.labels, val.probs)
+    else:  # the run's own threshold, moved by the same monotone map as the probabilities
+      threshold = float(calibration.apply_temperature(threshold, temperature))
+    if not predictor.plain:
+      rule = f"{trainer.THRESHOLD_RULE} ({predictor.describe()})"
+  if not predictor.plain or temperature_scaling:
+    extra["predictions"] = predictor.describe() + (", temperature-scaled" if temperature_scaling else "")
+  if ensemble:
+    extra["ensemble"] = ", ".join([os.path.abspath(workdir)] + [os.path.abspath(e) for e in ensemble])
 
   skipped: list[dict[str, str]] = []
   notes = []
@@ -100,13 +168,11 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
     skipped = [{"path": s.path, "reason": s.reason} for s in skipped_files]
     for s in skipped:
       logging.warning("Skipped %s: %s", s["path"], s["reason"])
-    preds = trainer.predict(state, input_pipeline.eval_batches(ds, num_examples=len(records),
-                                                                batch_size=batch_size))
+    n = len(records)
     source = os.path.abspath(image_dir)
     name = report_name or "image_dir_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(source.rstrip("/")))
   else:
-    ds = input_pipeline.load_split(builder, split, config.image_size)
-    preds = predict_split(split)
+    ds, n = split_ds(split)
     source = f"split '{split}' of {builder.data_dir}"
     name = report_name or split
     skipped = list(builder.info.metadata["skipped"])
@@ -115,16 +181,33 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
                    "optimistic; judge it on another split.")
     if split == "train":
       notes.append("Training split: the model has seen these images.")
+  preds = predictor(ds, n)
+  preds = dataclasses.replace(preds, probs=calibration.apply_temperature(preds.probs, temperature))
   info = {"name": name, "source": source, "workdir": os.path.abspath(workdir), "model": config.model,
           "image_size": config.image_size, "checkpoint": checkpoint, "step": int(meta["step"]),
-          "notes": notes, "skipped_files": skipped}
+          "notes": notes, "skipped_files": skipped, "extra": extra}
   weights = np.asarray(meta.get("class_weights", [1.0, 1.0]), np.float64)
   report = reports.build_report(labels=preds.labels, probs=preds.probs, class_weights=weights,
-                                chosen_threshold=threshold, threshold_rule=rule, info=info)
+                                chosen_threshold=threshold, threshold_rule=rule, info=info,
+                                file_names=preds.file_names, bootstrap_samples=bootstrap)
+  if label_shift == "em":
+    report["label_shift"] = label_shift_report(preds, _source_prior(builder, weights))
+    ls = report["label_shift"]
+    extra["label shift (EM)"] = (f"estimated P(PNEUMONIA) {ls['estimated_prior']:.4f} (observed "
+                                 f"{ls['observed_prior']:.4f}, training posteriors' prior {ls['source_prior']:.4f}); "
+                                 f"minimum-error threshold {ls['threshold']:.4f}: accuracy "
+                                 f"{ls['at_threshold']['accuracy']:.4f}, sensitivity "
+                                 f"{ls['at_threshold']['sensitivity']:.4f}, specificity "
+                                 f"{ls['at_threshold']['specificity']:.4f}")
+  if stress:
+    if builder is None:
+      raise UsageError("--stress needs the prepared data; pass --data_dir or --tfds_data_dir.")
+    report["stress"] = stress_report(predictor, ds, n, threshold, temperature)
   if not parallel.is_primary():
     return report
   report_dir = os.path.join(workdir, "reports")
   os.makedirs(report_dir, exist_ok=True)
+  report["figures"] = reports.write_figures(report_dir, name, report, preds.labels, preds.probs)
   if mistake_maps:
     report["mistake_maps"] = write_mistake_maps(config, state, ds, preds, threshold, mistake_maps,
                                                 os.path.join(report_dir, f"{name}_mistakes.png"))
@@ -134,6 +217,30 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
                report["num_examples"], report["roc_auc"], report["at_threshold_0.5"]["accuracy"],
                report["at_chosen_threshold"]["accuracy"], threshold, paths["md"])
   return report
+
+
+def label_shift_report(preds: trainer.Predictions, source_prior: float) -> dict[str, Any]:
+  """EM estimate of the evaluated set's P(PNEUMONIA) and the minimum-error threshold under it."""
+  prior, iterations = calibration.em_prior(preds.probs, source_prior)
+  threshold = calibration.prior_threshold(source_prior, prior)
+  return {"method": "EM (Saerens et al. 2002)", "source_prior": source_prior, "estimated_prior": prior,
+          "observed_prior": float(np.mean(preds.labels)), "iterations": iterations, "threshold": threshold,
+          "at_threshold": metrics.at_threshold(preds.labels, preds.probs, threshold)}
+
+
+def stress_report(predictor: Predictor, ds, n: int, threshold: float, temperature: float) -> dict[str, Any]:
+  """ROC AUC and the figures at `threshold` under each shift of stress.SHIFTS."""
+  rows = {}
+  for shift in stress.SHIFTS:
+    p = predictor(stress.apply(ds, shift), n)
+    probs = calibration.apply_temperature(p.probs, temperature)
+    at = metrics.at_threshold(p.labels, probs, threshold)
+    rows[shift] = {"roc_auc": metrics.roc_auc(p.labels, probs), "loss": float(np.mean(metrics.binary_nll(p.labels, probs))),
+                   **{k: at[k] for k in ("accuracy", "sensitivity", "specificity")}}
+  keys = ("roc_auc", "accuracy", "sensitivity", "specificity")
+  return {"threshold": threshold, "shifts": rows,
+          "mean": {k: float(np.mean([r[k] for r in rows.values()])) for k in keys},
+          "worst": {k: float(np.min([r[k] for r in rows.values()])) for k in keys}}
 
 
 def write_mistake_maps(config: trainer.TrainConfig, state: trainer.TrainState, ds, preds: trainer.Predictions,
@@ -181,7 +288,9 @@ def main(argv: list[str]) -> None:
   report = evaluate_workdir(FLAGS.workdir, split=FLAGS.split, image_dir=FLAGS.image_dir,
                             checkpoint=FLAGS.checkpoint, data_dir=FLAGS.data_dir, tfds_data_dir=FLAGS.tfds_data_dir,
                             batch_size=FLAGS.batch_size, report_name=FLAGS.report_name,
-                            mistake_maps=FLAGS.mistake_maps)
+                            mistake_maps=FLAGS.mistake_maps, ensemble=FLAGS.ensemble, tta=FLAGS.tta,
+                            temperature_scaling=FLAGS.temperature_scaling, label_shift=FLAGS.label_shift,
+                            stress=FLAGS.stress, bootstrap=FLAGS.bootstrap)
   print(f"{report['name']}: ROC AUC {report['roc_auc']:.4f}, accuracy {report['at_threshold_0.5']['accuracy']:.4f} "
         f"at 0.5 and {report['at_chosen_threshold']['accuracy']:.4f} at the chosen threshold "
         f"{report['at_chosen_threshold']['threshold']:.4f}. Reports in {os.path.join(FLAGS.workdir, 'reports')}/")

@@ -89,3 +89,79 @@ def summarize(labels: np.ndarray, probs: np.ndarray, nll: np.ndarray) -> dict:
   return {"num_examples": int(len(labels)), "loss": float(np.mean(nll)) if len(nll) else float("nan"),
           "roc_auc": roc_auc(labels, probs), "accuracy": at_half["accuracy"],
           "sensitivity": at_half["sensitivity"], "specificity": at_half["specificity"]}
+
+
+def roc_curve(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(false positive rate, true positive rate, threshold) at every distinct probability.
+
+  Starts at (0, 0) with threshold +inf; the i-th point calls PNEUMONIA every example
+  whose probability is >= threshold[i].
+  """
+  labels = np.asarray(labels).astype(bool)
+  probs = np.asarray(probs, dtype=np.float64)
+  order = np.argsort(-probs, kind="mergesort")
+  sorted_probs = probs[order]
+  last = np.r_[np.flatnonzero(np.diff(sorted_probs)), len(probs) - 1].astype(int)  # end of each tie run
+  last = last[last >= 0]
+  tp = np.cumsum(labels[order])[last].astype(np.float64)
+  fp = last + 1 - tp
+  n_pos, n_neg = max(int(labels.sum()), 1), max(int((~labels).sum()), 1)
+  return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos], np.r_[np.inf, sorted_probs[last]]
+
+
+def precision_recall_curve(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(recall, precision) at every distinct probability, highest threshold first."""
+  fpr, tpr, _ = roc_curve(labels, probs)
+  labels = np.asarray(labels).astype(bool)
+  tp, fp = tpr[1:] * labels.sum(), fpr[1:] * (~labels).sum()
+  return tpr[1:], tp / np.maximum(tp + fp, 1e-12)
+
+
+def average_precision(labels: np.ndarray, probs: np.ndarray) -> float:
+  """Area under the precision-recall curve as the step sum sum_k (R_k - R_{k-1}) P_k."""
+  recall, precision = precision_recall_curve(labels, probs)
+  return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def calibration_bins(labels: np.ndarray, probs: np.ndarray, num_bins: int = 10) -> dict:
+  """Reliability diagram data and expected calibration error for P(PNEUMONIA).
+
+  Equal-width bins over [0, 1]; ECE = sum_b (n_b / n) |mean label_b - mean prob_b|.
+  """
+  labels = np.asarray(labels, np.float64)
+  probs = np.asarray(probs, np.float64)
+  index = np.minimum((probs * num_bins).astype(int), num_bins - 1)
+  count = np.bincount(index, minlength=num_bins).astype(np.float64)
+  mean_prob = np.bincount(index, probs, num_bins) / np.maximum(count, 1)
+  frac_pos = np.bincount(index, labels, num_bins) / np.maximum(count, 1)
+  ece = float(np.sum(count * np.abs(frac_pos - mean_prob)) / max(len(probs), 1))
+  return {"num_bins": num_bins, "count": count.astype(int).tolist(), "mean_prob": mean_prob.tolist(),
+          "fraction_positive": frac_pos.tolist(), "ece": ece}
+
+
+def bootstrap_intervals(labels: np.ndarray, probs: np.ndarray, threshold: float, *,
+                        groups: list[str] | None = None, num_samples: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> dict[str, list[float]]:
+  """Percentile bootstrap intervals of ROC AUC and the metrics at `threshold`.
+
+  With `groups` (patient ids) whole patients are resampled: images of one child are not
+  independent, and resampling them one by one would make the intervals too narrow.
+  """
+  labels = np.asarray(labels).astype(bool)
+  probs = np.asarray(probs, np.float64)
+  names = groups if groups is not None else [str(i) for i in range(len(labels))]
+  _, group_index = np.unique(np.asarray(names), return_inverse=True)
+  members = [np.flatnonzero(group_index == g) for g in range(group_index.max() + 1)] if len(labels) else []
+  rng = np.random.default_rng(seed)
+  keys = ("roc_auc", "accuracy", "sensitivity", "specificity")
+  samples = {k: [] for k in keys}
+  for _ in range(num_samples if members else 0):
+    idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+    y, p = labels[idx], probs[idx]
+    at = at_threshold(y, p, threshold)
+    samples["roc_auc"].append(roc_auc(y, p))
+    for k in keys[1:]:
+      samples[k].append(at[k])
+  tail = (1.0 - level) / 2.0 * 100.0
+  return {k: [float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100.0 - tail))]
+          if v and not np.all(np.isnan(v)) else [float("nan"), float("nan")] for k, v in samples.items()}

@@ -15,11 +15,16 @@ from xray_jax import metrics
 
 
 def build_report(*, labels: np.ndarray, probs: np.ndarray, class_weights: np.ndarray, chosen_threshold: float,
-                 threshold_rule: str, info: dict[str, Any]) -> dict[str, Any]:
+                 threshold_rule: str, info: dict[str, Any], file_names: list[str] | None = None,
+                 bootstrap_samples: int = 1000) -> dict[str, Any]:
   """The report dict. `loss` is the plain mean cross-entropy; `weighted_loss` uses the
-  training class weights, as the training loss does."""
+  training class weights, as the training loss does. `ci95` holds percentile bootstrap
+  intervals, resampling patients when `file_names` are given."""
   nll = metrics.binary_nll(labels, probs)
   counts = np.bincount(labels, minlength=2)
+  groups = [images.patient_id(n) for n in file_names] if file_names is not None else None
+  ci = lambda t: metrics.bootstrap_intervals(labels, probs, t, groups=groups, num_samples=bootstrap_samples)
+  ci_05, ci_chosen = ci(0.5), ci(chosen_threshold)
   return {
       **info,
       "num_examples": int(len(labels)),
@@ -27,14 +32,82 @@ def build_report(*, labels: np.ndarray, probs: np.ndarray, class_weights: np.nda
       "loss": float(np.mean(nll)),
       "weighted_loss": float(np.mean(nll * class_weights[labels])),
       "roc_auc": metrics.roc_auc(labels, probs),
-      "at_threshold_0.5": metrics.at_threshold(labels, probs, 0.5),
-      "at_chosen_threshold": {**metrics.at_threshold(labels, probs, chosen_threshold), "rule": threshold_rule},
+      "roc_auc_ci95": ci_05["roc_auc"],
+      "average_precision": metrics.average_precision(labels, probs),
+      "calibration": metrics.calibration_bins(labels, probs),
+      "bootstrap": {"samples": bootstrap_samples, "unit": "patient" if groups is not None else "image"},
+      "at_threshold_0.5": {**metrics.at_threshold(labels, probs, 0.5),
+                           "ci95": {k: v for k, v in ci_05.items() if k != "roc_auc"}},
+      "at_chosen_threshold": {**metrics.at_threshold(labels, probs, chosen_threshold), "rule": threshold_rule,
+                              "ci95": {k: v for k, v in ci_chosen.items() if k != "roc_auc"}},
   }
 
 
-def _fmt(x: Any) -> str:
+def write_figures(report_dir: str, name: str, report: dict[str, Any], labels: np.ndarray,
+                  probs: np.ndarray) -> dict[str, str]:
+  """ROC, precision-recall, reliability and confusion-matrix PNGs; returns {kind: file name}."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  files = {}
+
+  def save(fig, kind):
+    files[kind] = f"{name}_{kind}.png"
+    fig.tight_layout()
+    fig.savefig(os.path.join(report_dir, files[kind]), dpi=100)
+    plt.close(fig)
+
+  fpr, tpr, _ = metrics.roc_curve(labels, probs)
+  fig, ax = plt.subplots(figsize=(4, 4))
+  ax.plot(fpr, tpr, lw=1.5, label=f"AUC {report['roc_auc']:.4f}")
+  ax.plot([0, 1], [0, 1], ":", color="gray", lw=1)
+  for key, marker in (("at_threshold_0.5", "o"), ("at_chosen_threshold", "s")):
+    m = report[key]
+    ax.plot(1 - m["specificity"], m["sensitivity"], marker, label=f"threshold {m['threshold']:.3f}")
+  ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC: {name}", xlim=(0, 1), ylim=(0, 1.01))
+  ax.legend(loc="lower right", fontsize=8)
+  save(fig, "roc")
+
+  recall, precision = metrics.precision_recall_curve(labels, probs)
+  fig, ax = plt.subplots(figsize=(4, 4))
+  ax.step(recall, precision, where="post", lw=1.5, label=f"AP {report['average_precision']:.4f}")
+  ax.axhline(float(np.mean(labels)), ls=":", color="gray", lw=1, label="prevalence")
+  ax.set(xlabel="recall (sensitivity)", ylabel="precision", title=f"Precision-recall: {name}",
+         xlim=(0, 1), ylim=(0, 1.01))
+  ax.legend(loc="lower left", fontsize=8)
+  save(fig, "pr")
+
+  cal = report["calibration"]
+  edges = np.linspace(0, 1, cal["num_bins"] + 1)
+  fig, (ax, ax2) = plt.subplots(2, 1, figsize=(4, 5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+  used = np.asarray(cal["count"]) > 0
+  ax.bar(edges[:-1][used], np.asarray(cal["fraction_positive"])[used], width=1 / cal["num_bins"], align="edge",
+         edgecolor="k", alpha=0.7, label="observed fraction PNEUMONIA")
+  ax.plot([0, 1], [0, 1], ":", color="gray", lw=1, label="perfect calibration")
+  ax.set(ylabel="fraction PNEUMONIA", title=f"Reliability: {name} (ECE {cal['ece']:.4f})", ylim=(0, 1))
+  ax.legend(loc="upper left", fontsize=8)
+  ax2.bar(edges[:-1], cal["count"], width=1 / cal["num_bins"], align="edge", edgecolor="k", color="gray")
+  ax2.set(xlabel="predicted P(PNEUMONIA)", ylabel="images", yscale="symlog")
+  save(fig, "reliability")
+
+  fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
+  for ax, key in zip(axes, ("at_threshold_0.5", "at_chosen_threshold")):
+    cm = np.asarray(report[key]["confusion_matrix"])
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+      ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=images.CLASS_NAMES, yticklabels=images.CLASS_NAMES,
+           xlabel="predicted", ylabel="true", title=f"threshold {report[key]['threshold']:.3f}")
+  save(fig, "confusion")
+  return files
+
+
+def _fmt(x: Any, ci: list[float] | None = None) -> str:
   if isinstance(x, float):
-    return "n/a" if math.isnan(x) else f"{x:.4f}"
+    text = "n/a" if math.isnan(x) else f"{x:.4f}"
+    if ci is not None and not any(math.isnan(c) for c in ci):
+      text += f" [{ci[0]:.4f}, {ci[1]:.4f}]"
+    return text
   return str(x)
 
 
@@ -48,21 +121,46 @@ def to_markdown(report: dict[str, Any]) -> str:
       f"{report['checkpoint']} checkpoint (step {report['step']}) of `{report['workdir']}`",
       f"- examples: {report['num_examples']} ({', '.join(f'{k} {v}' for k, v in report['class_counts'].items())})",
       f"- loss (mean cross-entropy): {_fmt(report['loss'])}; class-weighted: {_fmt(report['weighted_loss'])}",
-      f"- ROC AUC: {_fmt(report['roc_auc'])}",
+      f"- ROC AUC: {_fmt(report['roc_auc'], report.get('roc_auc_ci95'))}; average precision "
+      f"{_fmt(report.get('average_precision', float('nan')))}",
+  ]
+  if "calibration" in report:
+    lines.append(f"- expected calibration error ({report['calibration']['num_bins']} bins): "
+                 f"{_fmt(report['calibration']['ece'])}")
+  for key, text in report.get("extra", {}).items():
+    lines.append(f"- {key}: {text}")
+  lines += [
       "",
       "PNEUMONIA is the positive class; an image is called PNEUMONIA when its probability is "
       "at least the threshold.",
-      "",
-      "| metric | at 0.5 | at chosen threshold |",
-      "|---|---|---|",
   ]
+  if "bootstrap" in report:
+    lines += [f"[brackets]: 95% percentile bootstrap interval, {report['bootstrap']['samples']} resamples of "
+              f"{report['bootstrap']['unit']}s."]
+  lines += ["", "| metric | at 0.5 | at chosen threshold |", "|---|---|---|"]
   for key in ("threshold", "accuracy", "sensitivity", "specificity", "precision", "f1"):
-    lines.append(f"| {key} | {_fmt(t05[key])} | {_fmt(tc[key])} |")
+    lines.append(f"| {key} | {_fmt(t05[key], t05.get('ci95', {}).get(key))} | "
+                 f"{_fmt(tc[key], tc.get('ci95', {}).get(key))} |")
   lines += ["", f"Chosen threshold: {tc['rule']}.", ""]
   for title, block in (("at 0.5", t05), ("at the chosen threshold", tc)):
     (tn, fp), (fn, tp) = block["confusion_matrix"]
     lines += [f"Confusion matrix {title}:", "", "| true \\ predicted | NORMAL | PNEUMONIA |", "|---|---|---|",
               f"| NORMAL | {tn} | {fp} |", f"| PNEUMONIA | {fn} | {tp} |", ""]
+  if report.get("stress"):
+    st = report["stress"]
+    lines += [f"Stress test (xray_jax/stress.py): the same images under fixed shifts, at the chosen threshold "
+              f"{st['threshold']:.4f}:", "", "| shift | ROC AUC | accuracy | sensitivity | specificity | loss |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {_fmt(r['roc_auc'])} | {_fmt(r['accuracy'])} | {_fmt(r['sensitivity'])} | "
+              f"{_fmt(r['specificity'])} | {_fmt(r['loss'])} |" for k, r in st["shifts"].items()]
+    for agg in ("mean", "worst"):
+      r = st[agg]
+      lines.append(f"| **{agg}** | {_fmt(r['roc_auc'])} | {_fmt(r['accuracy'])} | {_fmt(r['sensitivity'])} | "
+                   f"{_fmt(r['specificity'])} | |")
+    lines.append("")
+  figures = report.get("figures", {})
+  if figures:
+    lines += ["Figures:", ""] + [f"![{kind}]({png})" for kind, png in figures.items()] + [""]
   if report.get("mistake_maps"):
     lines += [f"Saliency ({report['mistake_maps']['method']}) of the most confident mistakes:", "",
               f"![most confident mistakes]({report['mistake_maps']['png']})", ""]

@@ -40,6 +40,8 @@ flags.DEFINE_float("aug_shift", _D.augment_config.shift, "Max shift (fraction of
 flags.DEFINE_float("aug_brightness", _D.augment_config.brightness, "Max brightness change.")
 flags.DEFINE_float("aug_contrast", _D.augment_config.contrast, "Max contrast change (fraction).")
 flags.DEFINE_float("aug_gamma", _D.augment_config.gamma, "Gamma exponent range is [1/(1+g), 1+g].")
+flags.DEFINE_float("aug_blur", _D.augment_config.blur, "Max Gaussian blur sigma, pixels (0: none; at most 2).")
+flags.DEFINE_float("aug_noise", _D.augment_config.noise, "Max Gaussian noise std on [0, 1] images (0: none).")
 flags.DEFINE_enum("dtype", _D.dtype, ["float32", "bfloat16"], "Compute dtype of the model's layers; "
                   "parameters, optimizer and loss stay float32. bfloat16 pays off on GPUs and TPUs, not on CPUs.")
 flags.DEFINE_integer("seed", _D.seed, "Seed of initialisation, data order, augmentation and dropout.")
@@ -59,7 +61,8 @@ def config_from_flags() -> trainer.TrainConfig:
   names = {f.name for f in dataclasses.fields(trainer.TrainConfig)} - {"augment_config", "num_classes"}
   aug = augment.AugmentConfig(
       rotate_deg=FLAGS.aug_rotate_deg, scale=FLAGS.aug_scale, shift=FLAGS.aug_shift,
-      brightness=FLAGS.aug_brightness, contrast=FLAGS.aug_contrast, gamma=FLAGS.aug_gamma)
+      brightness=FLAGS.aug_brightness, contrast=FLAGS.aug_contrast, gamma=FLAGS.aug_gamma,
+      blur=FLAGS.aug_blur, noise=FLAGS.aug_noise)
   return trainer.TrainConfig(augment_config=aug, **{n: FLAGS[n].value for n in names})
 
 

@@ -142,17 +142,24 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array,
   return state, step_metrics
 
 
-def eval_step(state: TrainState, images: jnp.ndarray) -> jnp.ndarray:
-  """Class probabilities in inference mode (running BatchNorm statistics, no dropout)."""
-  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                          images.astype(jnp.float32) / 255.0, train=False)
-  return jax.nn.softmax(logits.astype(jnp.float32))
+def eval_step(state: TrainState, images: jnp.ndarray, tta: bool = False) -> jnp.ndarray:
+  """Class probabilities in inference mode (running BatchNorm statistics, no dropout).
+
+  With `tta`, the mean of the probabilities over augment.TTA_VIEWS of each image.
+  """
+  x = images.astype(jnp.float32) / 255.0
+  views = augment_lib.TTA_VIEWS if tta else ((1.0, 0.0, 0.0),)
+  probs = [jax.nn.softmax(state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                                         augment_lib.tta_view(x, v), train=False).astype(jnp.float32))
+           for v in views]
+  return sum(probs) / len(probs)
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_eval_step(mesh: jax.sharding.Mesh):
+def _jitted_eval_step(mesh: jax.sharding.Mesh, tta: bool):
   repl = parallel.replicated(mesh)
-  return jax.jit(eval_step, in_shardings=(repl, parallel.batch_sharded(mesh)), out_shardings=repl)
+  return jax.jit(functools.partial(eval_step, tta=tta), in_shardings=(repl, parallel.batch_sharded(mesh)),
+                 out_shardings=repl)
 
 
 @dataclasses.dataclass
@@ -167,14 +174,14 @@ class Predictions:
 
 
 def predict(state: TrainState, batches: Iterable[input_pipeline.Batch],
-            mesh: jax.sharding.Mesh | None = None) -> Predictions:
+            mesh: jax.sharding.Mesh | None = None, *, tta: bool = False) -> Predictions:
   """Runs masked eval batches split over the mesh; every real example appears once.
 
   Every process iterates the whole (small) evaluation set; each device computes its
   slice of each batch, and the probabilities come back to every process.
   """
   mesh = mesh or parallel.make_mesh()
-  step = _jitted_eval_step(mesh)
+  step = _jitted_eval_step(mesh, tta)
   state = parallel.replicate(state, mesh)
   labels, probs, names = [], [], []
   for batch in batches:
