@@ -76,3 +76,47 @@ def test_youden_threshold_maximises_j_by_brute_force():
   best_j = max(j(x) for x in np.unique(probs))
   assert j(t) == pytest.approx(best_j)
   assert not np.any(probs == t)  # the cut falls between examples
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_roc_curve_area_is_roc_auc_and_points_match_at_threshold(seed):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 2, 80)
+  probs = np.round(rng.random(80), 1)  # many ties
+  fpr, tpr, thresholds = metrics.roc_curve(labels, probs)
+  assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.roc_auc(labels, probs))
+  for f, t, th in list(zip(fpr, tpr, thresholds))[1:]:
+    at = metrics.at_threshold(labels, probs, th)
+    assert t == pytest.approx(at["sensitivity"]) and f == pytest.approx(1 - at["specificity"])
+
+
+def test_average_precision_by_hand():
+  labels = np.array([1, 0, 1, 0])
+  probs = np.array([0.9, 0.8, 0.7, 0.1])
+  # Ranked: +, -, +, -: precision 1 at recall 1/2, 2/3 at recall 1.
+  assert metrics.average_precision(labels, probs) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+  assert metrics.average_precision(np.array([1, 1, 0]), np.array([0.9, 0.8, 0.1])) == pytest.approx(1.0)
+
+
+def test_calibration_bins_and_ece():
+  rng = np.random.default_rng(0)
+  probs = rng.random(200000)
+  calibrated = (rng.random(200000) < probs).astype(int)
+  assert metrics.calibration_bins(calibrated, probs)["ece"] < 0.01
+  # Always saying 0.9 for a coin flip is off by 0.4.
+  cal = metrics.calibration_bins(np.array([0, 1] * 50), np.full(100, 0.9))
+  assert cal["ece"] == pytest.approx(0.4) and cal["count"][9] == 100
+
+
+def test_bootstrap_by_patient_is_wider_than_by_image_when_patients_repeat():
+  rng = np.random.default_rng(0)
+  n_patients = 40
+  labels = np.repeat(rng.integers(0, 2, n_patients), 5)  # 5 images per patient, one label each
+  probs = np.clip(np.repeat(rng.random(n_patients), 5) * 0.5 + labels * 0.3, 0, 1)  # per-patient scores
+  groups = [f"person{i // 5}" for i in range(len(labels))]
+  by_image = metrics.bootstrap_intervals(labels, probs, 0.5, num_samples=300)
+  by_patient = metrics.bootstrap_intervals(labels, probs, 0.5, groups=groups, num_samples=300)
+  width = lambda ci, k: ci[k][1] - ci[k][0]
+  assert width(by_patient, "accuracy") > 1.5 * width(by_image, "accuracy")
+  point = metrics.at_threshold(labels, probs, 0.5)["accuracy"]
+  assert by_patient["accuracy"][0] <= point <= by_patient["accuracy"][1]

@@ -227,3 +227,56 @@ def test_evaluate_adds_a_page_of_saliency_for_the_most_confident_mistakes(traine
     assert len(report["mistake_maps"]["files"]) == min(4, mistakes)
     assert os.path.getsize(os.path.join(workdir, "reports", "test_with_maps_mistakes.png")) > 0
     assert "test_with_maps_mistakes.png" in open(os.path.join(workdir, "reports", "test_with_maps.md")).read()
+
+
+def test_evaluate_reports_figures_intervals_calibration_and_links_them(trained):
+  _, workdir, _ = trained
+  report = evaluate.evaluate_workdir(workdir, split="test", report_name="test_full", bootstrap=200)
+  lo, hi = report["roc_auc_ci95"]
+  assert lo <= report["roc_auc"] <= hi and report["bootstrap"]["unit"] == "patient"
+  for block in ("at_threshold_0.5", "at_chosen_threshold"):
+    for key in ("accuracy", "sensitivity", "specificity"):
+      lo, hi = report[block]["ci95"][key]
+      assert lo <= report[block][key] <= hi, (block, key)
+  assert 0.0 <= report["calibration"]["ece"] <= 1.0 and sum(report["calibration"]["count"]) == 60
+  md = open(os.path.join(workdir, "reports", "test_full.md")).read()
+  for kind in ("roc", "pr", "reliability", "confusion"):
+    png = os.path.join(workdir, "reports", f"test_full_{kind}.png")
+    assert os.path.getsize(png) > 0 and f"(test_full_{kind}.png)" in md
+  assert "(training_curves.png)" in md and os.path.exists(os.path.join(workdir, "reports", "training_curves.png"))
+
+
+def test_evaluate_options_ensemble_tta_temperature_label_shift_and_stress(trained):
+  _, workdir, _ = trained
+  plain = evaluate.evaluate_workdir(workdir, split="test", report_name="t_plain", bootstrap=10)
+  # An ensemble of a run with itself is the run: same probabilities, same AUC.
+  twice = evaluate.evaluate_workdir(workdir, split="test", report_name="t_twice", ensemble=[workdir], bootstrap=10)
+  assert twice["roc_auc"] == pytest.approx(plain["roc_auc"], abs=1e-12)
+  assert "mean of 2 runs" in twice["at_chosen_threshold"]["rule"]
+  tta = evaluate.evaluate_workdir(workdir, split="test", report_name="t_tta", tta=True, temperature_scaling=True,
+                                  label_shift="em", stress=True, bootstrap=10)
+  plain_probs = _csv_probs(workdir, "t_plain")
+  tta_probs = _csv_probs(workdir, "t_tta")
+  assert not np.allclose(plain_probs, tta_probs)  # TTA and temperature change the probabilities
+  assert "temperature" in tta["extra"] and "test-time augmentation" in tta["extra"]["predictions"]
+  ls = tta["label_shift"]
+  assert ls["source_prior"] == pytest.approx(0.5)  # class-weighted training: a balanced prior
+  assert 0.0 < ls["estimated_prior"] < 1.0 and 0.0 < ls["threshold"] < 1.0
+  assert set(tta["stress"]["shifts"]) == set(evaluate.stress.SHIFTS)
+  assert tta["stress"]["worst"]["roc_auc"] <= tta["stress"]["mean"]["roc_auc"]
+  assert "Stress test" in open(os.path.join(workdir, "reports", "t_tta.md")).read()
+
+
+def _csv_probs(workdir: str, name: str) -> np.ndarray:
+  rows = open(os.path.join(workdir, "reports", f"{name}_predictions.csv")).read().splitlines()[1:]
+  return np.array([float(r.split(",")[3]) for r in rows])
+
+
+def test_ensemble_of_runs_with_different_image_sizes_is_refused(trained, prepared_sample, tmp_path):
+  _, tfds_dir = prepared_sample
+  config, workdir, _ = trained
+  other = trainer.TrainConfig(model="cnn", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, image_size=32,
+                              batch_size=32, num_steps=1)
+  trainer.train_and_evaluate(other, str(tmp_path))
+  with pytest.raises(UsageError, match="an ensemble needs one image size"):
+    evaluate.evaluate_workdir(workdir, split="test", ensemble=[str(tmp_path)])

@@ -208,6 +208,9 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
   report_dir = os.path.join(workdir, "reports")
   os.makedirs(report_dir, exist_ok=True)
   report["figures"] = reports.write_figures(report_dir, name, report, preds.labels, preds.probs)
+  if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    reports.plot_training_curves(workdir, os.path.join(report_dir, "training_curves.png"))
+    report["figures"]["training curves"] = "training_curves.png"
   if mistake_maps:
     report["mistake_maps"] = write_mistake_maps(config, state, ds, preds, threshold, mistake_maps,
                                                 os.path.join(report_dir, f"{name}_mistakes.png"))

@@ -191,3 +191,38 @@ def write(report_dir: str, name: str, report: dict[str, Any], *, file_names: lis
       w.writerow([name_, images.patient_id(name_), images.CLASS_NAMES[y], f"{p:.6f}",
                   images.CLASS_NAMES[int(p >= 0.5)], images.CLASS_NAMES[int(p >= chosen)]])
   return paths
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The epoch records (lines with validation figures) of WORKDIR/metrics.jsonl."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: is {workdir} a training run folder?")
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [r for r in rows if "val_loss" in r]
+
+
+def plot_training_curves(workdir: str, path: str | None = None) -> str:
+  """Loss, accuracy and ROC AUC per epoch, train vs validation; returns the PNG's path."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  rows = read_metrics(workdir)
+  path = path or os.path.join(workdir, "reports", "training_curves.png")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  epochs = [r["epoch"] for r in rows]
+  fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+  for ax, key, title in zip(axes, ("loss", "accuracy", "roc_auc"),
+                            ("loss (mean cross-entropy)", "accuracy at 0.5", "ROC AUC")):
+    for prefix, style in (("train", "-o"), ("val", "-s")):
+      ax.plot(epochs, [r.get(f"{prefix}_{key}", float("nan")) for r in rows], style, ms=3,
+              label="train (augmented, while learning)" if prefix == "train" else "validation")
+    ax.set(xlabel="epoch", title=title)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(os.path.basename(os.path.abspath(workdir)), fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

@@ -1,0 +1,68 @@
+"""Temperature scaling, label-shift EM and the stress-validation shifts, on generated data."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import gradient_image
+from xray_jax import calibration
+from xray_jax import stress
+
+
+def _scores(n, prior, seed=0):
+  """Labels with P(1) = prior and the exact posterior under a balanced prior (two unit Gaussians)."""
+  rng = np.random.default_rng(seed)
+  y = rng.random(n) < prior
+  z = np.where(y, 1.0, -1.0) + rng.normal(size=n)
+  return y.astype(int), calibration.sigmoid(2.0 * z)  # log-likelihood ratio of N(1,1) vs N(-1,1) is 2z
+
+
+@pytest.mark.parametrize("prior", [0.3, 0.5, 0.74])
+def test_em_recovers_the_class_prior_from_unlabeled_posteriors(prior):
+  labels, probs = _scores(20000, prior)
+  estimate, iterations = calibration.em_prior(probs, source_prior=0.5)
+  assert estimate == pytest.approx(labels.mean(), abs=0.015) and iterations < 1000
+  # The naive estimate (mean posterior) is biased towards the training prior; EM is not.
+  if prior != 0.5:
+    assert abs(estimate - labels.mean()) < abs(probs.mean() - labels.mean())
+
+
+def test_prior_adjustment_and_threshold():
+  p = np.array([0.1, 0.5, 0.9])
+  np.testing.assert_allclose(calibration.adjust_prior(p, 0.5, 0.5), p)
+  back = calibration.adjust_prior(calibration.adjust_prior(p, 0.5, 0.8), 0.8, 0.5)
+  np.testing.assert_allclose(back, p, rtol=1e-9)
+  assert calibration.prior_threshold(0.5, 0.5) == pytest.approx(0.5)
+  t = calibration.prior_threshold(0.5, 0.8)  # more positives expected: call positive more readily
+  assert t < 0.5 and calibration.adjust_prior(np.array([t]), 0.5, 0.8)[0] == pytest.approx(0.5)
+  assert calibration.effective_prior([1207, 3485], [1.9437, 0.6732]) == pytest.approx(0.5, abs=1e-4)
+
+
+@pytest.mark.parametrize("true_t", [0.5, 2.0])
+def test_temperature_scaling_recovers_a_known_temperature(true_t):
+  labels, probs = _scores(20000, 0.5, seed=1)
+  distorted = calibration.apply_temperature(probs, 1.0 / true_t)  # sharpen (or soften) well-calibrated scores
+  assert calibration.fit_temperature(labels, distorted) == pytest.approx(true_t, rel=0.05)
+
+
+def _dataset(names=(b"a.jpeg", b"b.jpeg")):
+  texture = np.random.default_rng(3).integers(0, 60, (64, 64), dtype=np.uint8)  # detail for blur to remove
+  img = np.stack([gradient_image(64, 64, seed=3) // 2 + texture], -1)
+  return tf.data.Dataset.from_tensor_slices({
+      "image": np.stack([img] * len(names)), "label": np.zeros(len(names), np.int32),
+      "file_name": np.array(names)})
+
+
+@pytest.mark.parametrize("shift", sorted(stress.SHIFTS))
+def test_every_shift_is_deterministic_changes_the_image_and_keeps_its_shape(shift):
+  ds = _dataset()
+  first = [e["image"] for e in stress.apply(ds, shift).as_numpy_iterator()]
+  again = [e["image"] for e in stress.apply(ds, shift).as_numpy_iterator()]
+  original = [e["image"] for e in ds.as_numpy_iterator()]
+  assert stress.apply(ds, shift).element_spec["image"].shape == ds.element_spec["image"].shape
+  for a, b, o in zip(first, again, original):
+    assert a.dtype == np.uint8 and a.shape == o.shape
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(int) - o).mean() > 0.5, shift
+  if shift == "noise":  # seeded by file name: two files get different noise
+    assert not np.array_equal(first[0], first[1])

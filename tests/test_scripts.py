@@ -1,0 +1,43 @@
+"""The exploratory-plot and training-curve scripts, run as a user runs them, on real files."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO, SAMPLE_DIR
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+
+
+def _script(name, *args):
+  return subprocess.run([sys.executable, os.path.join(REPO, "scripts", name), *args], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_eda_writes_counts_samples_sizes_and_links_them(prepared_sample, tmp_path):
+  _, tfds_dir = prepared_sample
+  r = _script("eda.py", f"--data_dir={SAMPLE_DIR}", f"--out_dir={tmp_path}", f"--tfds_data_dir={tfds_dir}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  md = (tmp_path / "eda.md").read_text()
+  for png in ("class_counts.png", "samples.png", "image_sizes.png"):
+    assert (tmp_path / png).stat().st_size > 0 and f"({png})" in md
+  # The counts in the table are the folders' own.
+  n_normal = len(os.listdir(os.path.join(SAMPLE_DIR, "train", "NORMAL")))
+  assert f"| train/ (folder) | {n_normal} |" in md and "validation (by patient)" in md
+
+
+def test_eda_without_train_folder_is_a_clear_error(tmp_path):
+  r = _script("eda.py", f"--data_dir={tmp_path}", f"--out_dir={tmp_path / 'out'}")
+  assert r.returncode != 0 and "has no train/ folder" in r.stderr
+
+
+def test_plot_curves_from_a_metrics_file(tmp_path):
+  rows = [{"step": 10 * e, "epoch": float(e), "train_loss": 1 / e, "val_loss": 1.2 / e, "train_accuracy": 0.5,
+           "val_accuracy": 0.6, "train_roc_auc": 0.7, "val_roc_auc": 0.8} for e in (1, 2, 3)]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  r = _script("plot_curves.py", str(tmp_path))
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert (tmp_path / "reports" / "training_curves.png").stat().st_size > 0
+  r = _script("plot_curves.py", str(tmp_path / "missing"))
+  assert r.returncode != 0 and "metrics.jsonl does not exist" in r.stderr
