@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Trains one experiment with several seeds, one workdir each (runs/<name>_s<seed>), for the
-# mean and spread that experiments/RESULTS.md reports. A run that is already complete is
-# resumed, which returns at once, so the script can be rerun after an interruption.
+# Trains one experiment with several seeds, one workdir each (runs/<name>_s<seed>), and
+# evaluates each on the stress-validation set and on Kaggle's val/ split, for the mean and
+# spread that experiments/RESULTS.md reports (scripts/summarize_runs.py makes the table).
+# A complete run is resumed, which returns at once, so the script can be rerun after an
+# interruption.
 #   bash scripts/run_seeds.sh cnn ../shared/data/chest_xray 0 1 2
 # Extra train flags go in EXTRA_FLAGS, e.g. EXTRA_FLAGS="--tfds_data_dir=runs/tfds_shared".
 set -euo pipefail
@@ -14,5 +16,9 @@ for seed in "$@"; do
   # shellcheck disable=SC2086
   .venv/bin/python -m xray_jax.train --flagfile="experiments/$name.flags" --data_dir="$data_dir" \
     --workdir="$wd" --seed="$seed" ${EXTRA_FLAGS:-}
-  echo "== $name seed $seed done in $(( $(date +%s) - start )) s" | tee -a "$wd/wall_time.txt"
+  echo "$(( $(date +%s) - start ))" > "$wd/wall_time_s.txt"
+  echo "== $name seed $seed trained in $(cat "$wd/wall_time_s.txt") s"
+  .venv/bin/python -m xray_jax.evaluate --workdir="$wd" --split=validation --stress --label_shift=em \
+    --report_name=validation_stress --mistake_maps=0
+  .venv/bin/python -m xray_jax.evaluate --workdir="$wd" --split=kaggle_val --mistake_maps=0
 done

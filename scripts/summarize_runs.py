@@ -1,0 +1,84 @@
+"""Mean and spread over seeds of the reports that scripts/run_seeds.sh writes, as Markdown rows.
+
+    python scripts/summarize_runs.py cnn cnn_affine cnn_seed mlp_baseline
+    python scripts/summarize_runs.py "cnn, ensemble of 3=runs/cnn_s0/reports/ensemble_validation_stress.json"
+
+An argument NAME reads runs/NAME_s*/reports/validation_stress.json (and kaggle_val.json,
+wall_time_s.txt beside them); LABEL=GLOB reads the report files GLOB matches. Figures are
+mean +- sample standard deviation over the runs found ("n" says how many); nothing is
+filled in by hand.
+"""
+
+import argparse
+import glob
+import json
+import os
+
+import numpy as np
+
+COLUMNS = (
+    ("val ROC AUC", lambda r: r["roc_auc"]),
+    ("val acc @0.5", lambda r: r["at_threshold_0.5"]["accuracy"]),
+    ("val spec @thr", lambda r: r["at_chosen_threshold"]["specificity"]),
+    ("stress AUC mean", lambda r: r["stress"]["mean"]["roc_auc"]),
+    ("stress AUC worst", lambda r: r["stress"]["worst"]["roc_auc"]),
+    ("stress sens @thr mean", lambda r: r["stress"]["mean"]["sensitivity"]),
+    ("stress spec @thr mean", lambda r: r["stress"]["mean"]["specificity"]),
+    ("stress spec @thr worst", lambda r: r["stress"]["worst"]["specificity"]),
+    ("EM prior (true 0.744)", lambda r: r["label_shift"]["estimated_prior"]),
+)
+
+
+def _fmt(values: list[float], digits: int = 4) -> str:
+  if not values:
+    return "n/a"
+  if len(values) == 1:
+    return f"{values[0]:.{digits}f}"
+  return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def _load(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("groups", nargs="+")
+  ap.add_argument("--runs_dir", default="runs")
+  args = ap.parse_args()
+  header = ["experiment", "n"] + [c for c, _ in COLUMNS] + ["Kaggle val/ acc @thr (16 images)", "train wall time (min)"]
+  print("| " + " | ".join(header) + " |")
+  print("|" + "---|" * len(header))
+  for group in args.groups:
+    if "=" in group:
+      label, pattern = group.split("=", 1)
+      paths = sorted(glob.glob(pattern))
+    else:
+      label, paths = group, sorted(glob.glob(os.path.join(args.runs_dir, f"{group}_s*", "reports",
+                                                          "validation_stress.json")))
+    reports = [_load(p) for p in paths]
+    row = [label, str(len(reports))]
+    for _, get in COLUMNS:
+      vals = []
+      for r in reports:
+        try:
+          vals.append(float(get(r)))
+        except (KeyError, TypeError):
+          pass
+      row.append(_fmt(vals))
+    kaggle, wall = [], []
+    for p in paths:
+      folder = os.path.dirname(p)
+      kv = os.path.join(folder, "kaggle_val.json")
+      if os.path.exists(kv) and "=" not in group:
+        kaggle.append(_load(kv)["at_chosen_threshold"]["accuracy"])
+      wt = os.path.join(os.path.dirname(folder), "wall_time_s.txt")
+      if os.path.exists(wt) and "=" not in group:
+        wall.append(float(open(wt).read()) / 60)
+    row += [_fmt(kaggle, 3), _fmt(wall, 1)]
+    print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+  main()
