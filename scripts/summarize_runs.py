@@ -25,6 +25,8 @@ COLUMNS = (
     ("stress sens @thr mean", lambda r: r["stress"]["mean"]["sensitivity"]),
     ("stress spec @thr mean", lambda r: r["stress"]["mean"]["specificity"]),
     ("stress spec @thr worst", lambda r: r["stress"]["worst"]["specificity"]),
+    ("stress sens @0.5 mean", lambda r: r["stress"]["mean"]["sensitivity_at_0.5"]),
+    ("stress spec @0.5 mean", lambda r: r["stress"]["mean"]["specificity_at_0.5"]),
     ("EM prior (true 0.744)", lambda r: r["label_shift"]["estimated_prior"]),
 )
 

@@ -237,10 +237,12 @@ def stress_report(predictor: Predictor, ds, n: int, threshold: float, temperatur
   for shift in stress.SHIFTS:
     p = predictor(stress.apply(ds, shift), n)
     probs = calibration.apply_temperature(p.probs, temperature)
-    at = metrics.at_threshold(p.labels, probs, threshold)
+    at, at_half = metrics.at_threshold(p.labels, probs, threshold), metrics.at_threshold(p.labels, probs, 0.5)
     rows[shift] = {"roc_auc": metrics.roc_auc(p.labels, probs), "loss": float(np.mean(metrics.binary_nll(p.labels, probs))),
-                   **{k: at[k] for k in ("accuracy", "sensitivity", "specificity")}}
-  keys = ("roc_auc", "accuracy", "sensitivity", "specificity")
+                   **{k: at[k] for k in ("accuracy", "sensitivity", "specificity")},
+                   **{f"{k}_at_0.5": at_half[k] for k in ("accuracy", "sensitivity", "specificity")}}
+  keys = ("roc_auc", "accuracy", "sensitivity", "specificity", "accuracy_at_0.5", "sensitivity_at_0.5",
+          "specificity_at_0.5")
   return {"threshold": threshold, "shifts": rows,
           "mean": {k: float(np.mean([r[k] for r in rows.values()])) for k in keys},
           "worst": {k: float(np.min([r[k] for r in rows.values()])) for k in keys}}
