@@ -29,6 +29,7 @@ import flax.linen as nn  # pylint: disable=g-import-not-at-top
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from xray_jax import layers
 from xray_jax import trainer
@@ -117,6 +118,19 @@ def bench_pipeline(data_dir: str, tfds_data_dir: str, image_size: int, batch: in
   return result
 
 
+def bench_originals(image_dir: str, image_size: int) -> dict:
+  """Cold images/s from original files (decode, grayscale, shrink, resize) through --image_dir's reader."""
+  from xray_jax import chest_xray, input_pipeline  # pylint: disable=g-import-not-at-top
+  t = time.perf_counter()
+  max_side = chest_xray.config_for_image_size(image_size).max_side
+  ds, _, records = input_pipeline.folder_dataset(image_dir, image_size=image_size, max_side=max_side)
+  n = sum(1 for _ in ds.as_numpy_iterator())
+  seconds = time.perf_counter() - t
+  pixels = [Image.open(r.path).size for r in records]
+  return {"originals_examples": n, "originals_median_pixels": int(np.median([w * h for w, h in pixels])),
+          "originals_cold_img_per_s": round(n / seconds, 1)}
+
+
 def run_reference(script: str, steps: int, batch: int) -> dict | None:
   module = "tensorflow" if "keras" in script else "torch"
   if importlib.util.find_spec(module) is None or not os.path.exists(script):
@@ -143,6 +157,8 @@ def main():
                   help="models use nn.Conv instead of layers.Conv: what the fast kernel gradient delivers")
   ap.add_argument("--data_dir", help="also time the input pipeline on this Kaggle-layout folder")
   ap.add_argument("--tfds_data_dir", default=os.path.join(REPO, "runs", "tfds_bench"))
+  ap.add_argument("--originals_dir", help="also time a cold read of original files in this folder "
+                  "(NORMAL/, PNEUMONIA/), e.g. the full-resolution Kaggle val/ or test/")
   ap.add_argument("--compare", action="store_true", help="also run the Keras and PyTorch reference scripts")
   ap.add_argument("--bench_dir", default=os.path.join(REPO, "..", "shared", "bench"))
   ap.add_argument("--json", action="store_true", help="one JSON line per framework/model, nothing else")
@@ -165,6 +181,9 @@ def main():
     if args.data_dir:
       row.update(bench_pipeline(args.data_dir, args.tfds_data_dir, args.image_size, args.batch))
       row["pipeline_to_step_ratio"] = round(row["pipeline_cached_img_per_s"] / row["train_img_per_s"], 1)
+    if args.originals_dir:
+      row.update(bench_originals(args.originals_dir, args.image_size))
+      row["originals_to_step_ratio"] = round(row["originals_cold_img_per_s"] / row["train_img_per_s"], 2)
     rows.append(row)
   if args.compare:
     for script in ("keras_refcnn.py", "torch_refcnn.py"):
