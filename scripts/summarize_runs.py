@@ -27,6 +27,8 @@ COLUMNS = (
     ("stress spec @thr worst", lambda r: r["stress"]["worst"]["specificity"]),
     ("stress sens @0.5 mean", lambda r: r["stress"]["mean"]["sensitivity_at_0.5"]),
     ("stress spec @0.5 mean", lambda r: r["stress"]["mean"]["specificity_at_0.5"]),
+    ("stress sens, stress-Youden thr, left out", lambda r: r["stress"]["threshold_rules"]["stress_youden_left_out"]["mean"]["sensitivity"]),
+    ("stress spec, stress-Youden thr, left out", lambda r: r["stress"]["threshold_rules"]["stress_youden_left_out"]["mean"]["specificity"]),
     ("EM prior (true 0.744)", lambda r: r["label_shift"]["estimated_prior"]),
 )
 

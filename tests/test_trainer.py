@@ -254,7 +254,7 @@ def test_evaluate_options_ensemble_tta_temperature_label_shift_and_stress(traine
   assert twice["roc_auc"] == pytest.approx(plain["roc_auc"], abs=1e-12)
   assert "mean of 2 runs" in twice["at_chosen_threshold"]["rule"]
   tta = evaluate.evaluate_workdir(workdir, split="test", report_name="t_tta", tta=True, temperature_scaling=True,
-                                  label_shift="em", stress=True, bootstrap=10)
+                                  label_shift="em", stress_test=True, bootstrap=10)
   plain_probs = _csv_probs(workdir, "t_plain")
   tta_probs = _csv_probs(workdir, "t_tta")
   assert not np.allclose(plain_probs, tta_probs)  # TTA and temperature change the probabilities
@@ -280,3 +280,17 @@ def test_ensemble_of_runs_with_different_image_sizes_is_refused(trained, prepare
   trainer.train_and_evaluate(other, str(tmp_path))
   with pytest.raises(UsageError, match="an ensemble needs one image size"):
     evaluate.evaluate_workdir(workdir, split="test", ensemble=[str(tmp_path)])
+
+
+def test_stress_threshold_rule_pools_validation_with_its_shifts(trained):
+  _, workdir, _ = trained
+  report = evaluate.evaluate_workdir(workdir, split="validation", report_name="v_stress_rule", stress_test=True,
+                                     threshold_rule="stress", bootstrap=10)
+  assert "stress shifts" in report["at_chosen_threshold"]["rule"]
+  # The same pooled choice, made independently inside the stress report.
+  assert report["at_chosen_threshold"]["threshold"] == pytest.approx(
+      report["stress"]["threshold_rules"]["stress_youden_all_shifts"])
+  left_out = report["stress"]["threshold_rules"]["stress_youden_left_out"]
+  assert set(left_out["thresholds"]) == set(evaluate.stress.SHIFTS)
+  with pytest.raises(UsageError, match="choose one of validation, stress"):
+    evaluate.evaluate_workdir(workdir, split="test", threshold_rule="median")

@@ -54,8 +54,11 @@ def define_flags() -> None:
   flags.DEFINE_enum("label_shift", "none", ["none", "em"], "em: estimate the evaluated data's class prior "
                     "from its unlabeled outputs (Saerens et al. 2002) and also report the minimum-error "
                     "threshold under that prior.")
-  flags.DEFINE_bool("stress", False, "Also evaluate under each shift of xray_jax/stress.py "
-                    "(writes <name>_stress.md/.json).")
+  flags.DEFINE_bool("stress", False, "Also evaluate under each shift of xray_jax/stress.py (a table in the "
+                    "report), and compare threshold rules on shifts left out of the choice.")
+  flags.DEFINE_enum("threshold_rule", None, list(trainer.THRESHOLD_RULES), "How the chosen threshold is "
+                    "picked (default: the run's --threshold_rule): " + "; ".join(
+                        f"{k}: {v}" for k, v in trainer.THRESHOLD_RULES.items()))
   flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples (of patients) for the 95% intervals.")
 
 
@@ -110,7 +113,8 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
                      checkpoint: str = "best", data_dir: str | None = None, tfds_data_dir: str | None = None,
                      batch_size: int | None = None, report_name: str | None = None,
                      mistake_maps: int = 0, ensemble: list[str] | tuple[str, ...] = (), tta: bool = False,
-                     temperature_scaling: bool = False, label_shift: str = "none", stress: bool = False,
+                     temperature_scaling: bool = False, label_shift: str = "none", stress_test: bool = False,
+                     threshold_rule: str | None = None,
                      bootstrap: int = 1000) -> dict[str, Any]:
   """Evaluates one checkpoint of `workdir` (or an ensemble) on a split or a folder; returns the report."""
   if (split is None) == (image_dir is None):
@@ -126,7 +130,11 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
   mesh = parallel.make_mesh()
   batch_size = parallel.round_up_to_devices(batch_size or config.eval_batch_size, mesh)
   predictor = Predictor(members, batch_size, tta)
-  needs_validation = not predictor.plain or temperature_scaling or meta.get("chosen_threshold") is None
+  threshold_rule = threshold_rule or config.threshold_rule
+  if threshold_rule not in trainer.THRESHOLD_RULES:
+    raise UsageError(f"--threshold_rule={threshold_rule}: choose one of {', '.join(trainer.THRESHOLD_RULES)}.")
+  needs_validation = (not predictor.plain or temperature_scaling or meta.get("chosen_threshold") is None
+                      or threshold_rule != "validation")
   builder = None
   if split is not None or needs_validation or label_shift != "none":
     # The data the run trained on, unless told otherwise; its fingerprint check catches edits.
@@ -148,12 +156,18 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
                               f"{metrics.calibration_bins(val.labels, val.probs)['ece']:.4f} before, "
                               f"{metrics.calibration_bins(val.labels, calibration.apply_temperature(val.probs, temperature))['ece']:.4f} after)")
       val = dataclasses.replace(val, probs=calibration.apply_temperature(val.probs, temperature))
-    if threshold is None or not predictor.plain:
+    if threshold_rule == "stress":  # validation and its shifted copies, pooled
+      val_ds, n_val = split_ds("validation")
+      pool = [val.probs] + [calibration.apply_temperature(predictor(stress.apply(val_ds, s), n_val).probs, temperature)
+                            for s in stress.SHIFTS]
+      threshold = metrics.youden_threshold(np.tile(val.labels, len(pool)), np.concatenate(pool))
+    elif threshold is None or not predictor.plain:
       threshold = metrics.youden_threshold(val.labels, val.probs)
     else:  # the run's own threshold, moved by the same monotone map as the probabilities
       threshold = float(calibration.apply_temperature(threshold, temperature))
+    rule = trainer.THRESHOLD_RULES[threshold_rule]
     if not predictor.plain:
-      rule = f"{trainer.THRESHOLD_RULE} ({predictor.describe()})"
+      rule = f"{rule} ({predictor.describe()})"
   if not predictor.plain or temperature_scaling:
     extra["predictions"] = predictor.describe() + (", temperature-scaled" if temperature_scaling else "")
   if ensemble:
@@ -199,10 +213,8 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
                                  f"{ls['at_threshold']['accuracy']:.4f}, sensitivity "
                                  f"{ls['at_threshold']['sensitivity']:.4f}, specificity "
                                  f"{ls['at_threshold']['specificity']:.4f}")
-  if stress:
-    if builder is None:
-      raise UsageError("--stress needs the prepared data; pass --data_dir or --tfds_data_dir.")
-    report["stress"] = stress_report(predictor, ds, n, threshold, temperature)
+  if stress_test:
+    report["stress"] = stress_report(predictor, ds, n, threshold, temperature, preds)
   if not parallel.is_primary():
     return report
   report_dir = os.path.join(workdir, "reports")
@@ -231,21 +243,43 @@ def label_shift_report(preds: trainer.Predictions, source_prior: float) -> dict[
           "at_threshold": metrics.at_threshold(preds.labels, preds.probs, threshold)}
 
 
-def stress_report(predictor: Predictor, ds, n: int, threshold: float, temperature: float) -> dict[str, Any]:
-  """ROC AUC and the figures at `threshold` under each shift of stress.SHIFTS."""
-  rows = {}
+def stress_report(predictor: Predictor, ds, n: int, threshold: float, temperature: float,
+                  unshifted: trainer.Predictions) -> dict[str, Any]:
+  """ROC AUC and the figures at `threshold` (and 0.5) under each shift of stress.SHIFTS.
+
+  `threshold_rules` compares ways to choose a threshold on shifts they did not see: for
+  each shift, Youden's J on the unshifted images plus the other shifts, scored on the
+  left-out shift ("stress_youden"), against `threshold` and 0.5 on the same shift.
+  """
+  rows, shifted = {}, {}
   for shift in stress.SHIFTS:
     p = predictor(stress.apply(ds, shift), n)
     probs = calibration.apply_temperature(p.probs, temperature)
+    shifted[shift] = probs
     at, at_half = metrics.at_threshold(p.labels, probs, threshold), metrics.at_threshold(p.labels, probs, 0.5)
     rows[shift] = {"roc_auc": metrics.roc_auc(p.labels, probs), "loss": float(np.mean(metrics.binary_nll(p.labels, probs))),
                    **{k: at[k] for k in ("accuracy", "sensitivity", "specificity")},
                    **{f"{k}_at_0.5": at_half[k] for k in ("accuracy", "sensitivity", "specificity")}}
   keys = ("roc_auc", "accuracy", "sensitivity", "specificity", "accuracy_at_0.5", "sensitivity_at_0.5",
           "specificity_at_0.5")
+  labels = unshifted.labels
+  left_out = {}
+  for shift in stress.SHIFTS:
+    pool = [unshifted.probs] + [shifted[s] for s in stress.SHIFTS if s != shift]
+    t = metrics.youden_threshold(np.tile(labels, len(pool)), np.concatenate(pool))
+    left_out[shift] = {"threshold": t, **{k: v for k, v in metrics.at_threshold(labels, shifted[shift], t).items()
+                                          if k in ("accuracy", "sensitivity", "specificity")}}
+  rule_keys = ("accuracy", "sensitivity", "specificity")
+  pooled = np.concatenate([unshifted.probs] + list(shifted.values()))
   return {"threshold": threshold, "shifts": rows,
           "mean": {k: float(np.mean([r[k] for r in rows.values()])) for k in keys},
-          "worst": {k: float(np.min([r[k] for r in rows.values()])) for k in keys}}
+          "worst": {k: float(np.min([r[k] for r in rows.values()])) for k in keys},
+          "threshold_rules": {
+              "stress_youden_left_out": {
+                  "mean": {k: float(np.mean([r[k] for r in left_out.values()])) for k in rule_keys},
+                  "worst": {k: float(np.min([r[k] for r in left_out.values()])) for k in rule_keys},
+                  "thresholds": {s: r["threshold"] for s, r in left_out.items()}},
+              "stress_youden_all_shifts": metrics.youden_threshold(np.tile(labels, len(stress.SHIFTS) + 1), pooled)}}
 
 
 def write_mistake_maps(config: trainer.TrainConfig, state: trainer.TrainState, ds, preds: trainer.Predictions,
@@ -295,7 +329,8 @@ def main(argv: list[str]) -> None:
                             batch_size=FLAGS.batch_size, report_name=FLAGS.report_name,
                             mistake_maps=FLAGS.mistake_maps, ensemble=FLAGS.ensemble, tta=FLAGS.tta,
                             temperature_scaling=FLAGS.temperature_scaling, label_shift=FLAGS.label_shift,
-                            stress=FLAGS.stress, bootstrap=FLAGS.bootstrap)
+                            stress_test=FLAGS.stress, bootstrap=FLAGS.bootstrap,
+                            threshold_rule=FLAGS.threshold_rule)
   print(f"{report['name']}: ROC AUC {report['roc_auc']:.4f}, accuracy {report['at_threshold_0.5']['accuracy']:.4f} "
         f"at 0.5 and {report['at_chosen_threshold']['accuracy']:.4f} at the chosen threshold "
         f"{report['at_chosen_threshold']['threshold']:.4f}. Reports in {os.path.join(FLAGS.workdir, 'reports')}/")

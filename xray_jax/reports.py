@@ -155,6 +155,14 @@ def to_markdown(report: dict[str, Any]) -> str:
     rows = [*st["shifts"].items(), ("**mean**", st["mean"]), ("**worst**", st["worst"])]
     lines += [f"| {k} | {_fmt(r['roc_auc'])} | {both(r, 'accuracy')} | {both(r, 'sensitivity')} | "
               f"{both(r, 'specificity')} | {_fmt(r['loss']) if 'loss' in r else ''} |" for k, r in rows]
+    rule = st.get("threshold_rules", {}).get("stress_youden_left_out")
+    if rule:
+      m, w = rule["mean"], rule["worst"]
+      lines += ["", "Threshold chosen by Youden's J on the other shifts (and the unshifted images), scored on "
+                f"the left-out shift: mean accuracy {_fmt(m['accuracy'])}, sensitivity {_fmt(m['sensitivity'])}, "
+                f"specificity {_fmt(m['specificity'])}; worst {_fmt(w['accuracy'])}, {_fmt(w['sensitivity'])}, "
+                f"{_fmt(w['specificity'])}. Chosen on all shifts: "
+                f"{st['threshold_rules']['stress_youden_all_shifts']:.4f}."]
     lines.append("")
   figures = report.get("figures", {})
   if figures:

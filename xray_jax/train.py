@@ -44,6 +44,9 @@ flags.DEFINE_float("aug_blur", _D.augment_config.blur, "Max Gaussian blur sigma,
 flags.DEFINE_float("aug_noise", _D.augment_config.noise, "Max Gaussian noise std on [0, 1] images (0: none).")
 flags.DEFINE_enum("dtype", _D.dtype, ["float32", "bfloat16"], "Compute dtype of the model's layers; "
                   "parameters, optimizer and loss stay float32. bfloat16 pays off on GPUs and TPUs, not on CPUs.")
+flags.DEFINE_enum("threshold_rule", _D.threshold_rule, list(trainer.THRESHOLD_RULES),
+                  "The reports' chosen threshold: Youden's J on validation, or on validation pooled with its "
+                  "stress shifts (xray_jax/stress.py). Stored in config.json as evaluate's default.")
 flags.DEFINE_integer("seed", _D.seed, "Seed of initialisation, data order, augmentation and dropout.")
 flags.DEFINE_integer("log_every_steps", _D.log_every_steps, "Console progress every N steps.")
 flags.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps,
