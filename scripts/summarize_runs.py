@@ -59,7 +59,7 @@ def main():
       label, pattern = group.split("=", 1)
       paths = sorted(glob.glob(pattern))
     else:
-      label, paths = group, sorted(glob.glob(os.path.join(args.runs_dir, f"{group}_s*", "reports",
+      label, paths = group, sorted(glob.glob(os.path.join(args.runs_dir, f"{group}_s[0-9]*", "reports",
                                                           "validation_stress.json")))
     reports = [_load(p) for p in paths]
     row = [label, str(len(reports))]
