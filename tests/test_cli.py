@@ -57,3 +57,21 @@ def test_batch_larger_than_the_split(prepared_sample, tmp_path):
 def test_verbosity_shows_the_traceback(tmp_path):
   r = _run("xray_jax.train", "--model=resnet9000", "--verbosity=1", f"--workdir={tmp_path}/wd")
   assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize("name", sorted(f[:-6] for f in os.listdir(os.path.join(REPO, "experiments"))
+                                        if f.endswith(".flags")))
+def test_every_experiment_flag_file_parses_and_says_how_to_run_it(name):
+  path = os.path.join(REPO, "experiments", f"{name}.flags")
+  text = open(path).read()
+  assert f"--flagfile=experiments/{name}.flags" in text and "Expected" in text  # the header's command and figures
+  if "--ensemble=" in text:  # an evaluate flag file
+    code = ("from absl import flags; from xray_jax import evaluate; evaluate.define_flags(); "
+            f"flags.FLAGS(['x', '--flagfile={path}']); print(flags.FLAGS.ensemble)")
+  else:  # absl checks every name and value; the config is what train would run
+    code = (f"from absl import flags; from xray_jax import train; flags.FLAGS(['x', '--flagfile={path}']); "
+            "print(train.config_from_flags())")
+  r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  if name == "cnn":
+    assert "blur=1.0" in r.stdout and "noise=0.03" in r.stdout and "threshold_rule='stress'" in r.stdout
