@@ -80,7 +80,8 @@ def _augment_one(key: jax.Array, image: jnp.ndarray, cfg: AugmentConfig) -> jnp.
                  shift_yx=u(k[2], cfg.shift, (2,)) * jnp.array([h, w], jnp.float32))
   if cfg.blur or cfg.noise:  # a static branch: runs without them draw the same random numbers as before
     kb, kn, kz = jax.random.split(jax.random.fold_in(key, 1), 3)
-    image = gaussian_blur(image, jax.random.uniform(kb, (), maxval=min(cfg.blur, 2.0)))
+    if cfg.blur:
+      image = gaussian_blur(image, jax.random.uniform(kb, (), maxval=min(cfg.blur, 2.0)))
   image = intensity(image, gamma=jnp.exp(u(k[3], jnp.log1p(cfg.gamma))), contrast=1.0 + u(k[4], cfg.contrast),
                     brightness=u(k[5], cfg.brightness))
   if cfg.noise:

@@ -105,8 +105,19 @@ class Predictor:
 
 
 def _source_prior(builder, weights: np.ndarray) -> float:
-  counts = np.asarray(builder.info.metadata["class_counts"]["train"], np.float64)
-  return calibration.effective_prior(counts, weights)
+  return calibration.effective_prior(input_pipeline.class_counts(builder, "train"), weights)
+
+
+def shifted_probs(predictor: Predictor, ds, n: int, temperature: float) -> dict[str, np.ndarray]:
+  """P(PNEUMONIA) of every example of `ds` under each shift of stress.SHIFTS."""
+  return {shift: calibration.apply_temperature(predictor(stress.apply(ds, shift), n).probs, temperature)
+          for shift in stress.SHIFTS}
+
+
+def stress_youden(labels: np.ndarray, unshifted: np.ndarray, shifted: list[np.ndarray]) -> float:
+  """Youden's J threshold on the unshifted images pooled with their shifted copies."""
+  pool = [unshifted, *shifted]
+  return metrics.youden_threshold(np.tile(labels, len(pool)), np.concatenate(pool))
 
 
 def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str | None = None,
@@ -148,6 +159,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
   extra: dict[str, str] = {}
   threshold, rule = meta.get("chosen_threshold"), meta.get("threshold_rule", trainer.THRESHOLD_RULE)
   temperature = 1.0
+  val, val_shifted = None, None
   if needs_validation:
     val = predictor(*split_ds("validation"))
     if temperature_scaling:
@@ -157,10 +169,8 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
                               f"{metrics.calibration_bins(val.labels, calibration.apply_temperature(val.probs, temperature))['ece']:.4f} after)")
       val = dataclasses.replace(val, probs=calibration.apply_temperature(val.probs, temperature))
     if threshold_rule == "stress":  # validation and its shifted copies, pooled
-      val_ds, n_val = split_ds("validation")
-      pool = [val.probs] + [calibration.apply_temperature(predictor(stress.apply(val_ds, s), n_val).probs, temperature)
-                            for s in stress.SHIFTS]
-      threshold = metrics.youden_threshold(np.tile(val.labels, len(pool)), np.concatenate(pool))
+      val_shifted = shifted_probs(predictor, *split_ds("validation"), temperature)
+      threshold = stress_youden(val.labels, val.probs, list(val_shifted.values()))
     elif threshold is None or not predictor.plain:
       threshold = metrics.youden_threshold(val.labels, val.probs)
     else:  # the run's own threshold, moved by the same monotone map as the probabilities
@@ -195,8 +205,11 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
                    "optimistic; judge it on another split.")
     if split == "train":
       notes.append("Training split: the model has seen these images.")
-  preds = predictor(ds, n)
-  preds = dataclasses.replace(preds, probs=calibration.apply_temperature(preds.probs, temperature))
+  if split == "validation" and val is not None:
+    preds = val  # already predicted (and temperature-scaled) above
+  else:
+    preds = predictor(ds, n)
+    preds = dataclasses.replace(preds, probs=calibration.apply_temperature(preds.probs, temperature))
   info = {"name": name, "source": source, "workdir": os.path.abspath(workdir), "model": config.model,
           "image_size": config.image_size, "checkpoint": checkpoint, "step": int(meta["step"]),
           "notes": notes, "skipped_files": skipped, "extra": extra}
@@ -207,14 +220,16 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
   if label_shift == "em":
     report["label_shift"] = label_shift_report(preds, _source_prior(builder, weights))
     ls = report["label_shift"]
-    extra["label shift (EM)"] = (f"estimated P(PNEUMONIA) {ls['estimated_prior']:.4f} (observed "
+    report["extra"]["label shift (EM)"] = (f"estimated P(PNEUMONIA) {ls['estimated_prior']:.4f} (observed "
                                  f"{ls['observed_prior']:.4f}, training posteriors' prior {ls['source_prior']:.4f}); "
                                  f"minimum-error threshold {ls['threshold']:.4f}: accuracy "
                                  f"{ls['at_threshold']['accuracy']:.4f}, sensitivity "
                                  f"{ls['at_threshold']['sensitivity']:.4f}, specificity "
                                  f"{ls['at_threshold']['specificity']:.4f}")
   if stress_test:
-    report["stress"] = stress_report(predictor, ds, n, threshold, temperature, preds)
+    shifted = val_shifted if split == "validation" and val_shifted is not None else (
+        shifted_probs(predictor, ds, n, temperature))
+    report["stress"] = stress_report(preds, shifted, threshold)
   if not parallel.is_primary():
     return report
   report_dir = os.path.join(workdir, "reports")
@@ -243,43 +258,31 @@ def label_shift_report(preds: trainer.Predictions, source_prior: float) -> dict[
           "at_threshold": metrics.at_threshold(preds.labels, preds.probs, threshold)}
 
 
-def stress_report(predictor: Predictor, ds, n: int, threshold: float, temperature: float,
-                  unshifted: trainer.Predictions) -> dict[str, Any]:
+def stress_report(unshifted: trainer.Predictions, shifted: dict[str, np.ndarray], threshold: float) -> dict[str, Any]:
   """ROC AUC and the figures at `threshold` (and 0.5) under each shift of stress.SHIFTS.
 
   `threshold_rules` compares ways to choose a threshold on shifts they did not see: for
   each shift, Youden's J on the unshifted images plus the other shifts, scored on the
-  left-out shift ("stress_youden"), against `threshold` and 0.5 on the same shift.
+  left-out shift, against `threshold` and 0.5 on the same shift.
   """
-  rows, shifted = {}, {}
-  for shift in stress.SHIFTS:
-    p = predictor(stress.apply(ds, shift), n)
-    probs = calibration.apply_temperature(p.probs, temperature)
-    shifted[shift] = probs
-    at, at_half = metrics.at_threshold(p.labels, probs, threshold), metrics.at_threshold(p.labels, probs, 0.5)
-    rows[shift] = {"roc_auc": metrics.roc_auc(p.labels, probs), "loss": float(np.mean(metrics.binary_nll(p.labels, probs))),
-                   **{k: at[k] for k in ("accuracy", "sensitivity", "specificity")},
-                   **{f"{k}_at_0.5": at_half[k] for k in ("accuracy", "sensitivity", "specificity")}}
-  keys = ("roc_auc", "accuracy", "sensitivity", "specificity", "accuracy_at_0.5", "sensitivity_at_0.5",
-          "specificity_at_0.5")
   labels = unshifted.labels
-  left_out = {}
-  for shift in stress.SHIFTS:
-    pool = [unshifted.probs] + [shifted[s] for s in stress.SHIFTS if s != shift]
-    t = metrics.youden_threshold(np.tile(labels, len(pool)), np.concatenate(pool))
-    left_out[shift] = {"threshold": t, **{k: v for k, v in metrics.at_threshold(labels, shifted[shift], t).items()
-                                          if k in ("accuracy", "sensitivity", "specificity")}}
-  rule_keys = ("accuracy", "sensitivity", "specificity")
-  pooled = np.concatenate([unshifted.probs] + list(shifted.values()))
+  three = ("accuracy", "sensitivity", "specificity")
+  rows, left_out = {}, {}
+  for shift, probs in shifted.items():
+    at, at_half = metrics.at_threshold(labels, probs, threshold), metrics.at_threshold(labels, probs, 0.5)
+    rows[shift] = {"roc_auc": metrics.roc_auc(labels, probs), "loss": float(np.mean(metrics.binary_nll(labels, probs))),
+                   **{k: at[k] for k in three}, **{f"{k}_at_0.5": at_half[k] for k in three}}
+    t = stress_youden(labels, unshifted.probs, [p for s, p in shifted.items() if s != shift])
+    left_out[shift] = {"threshold": t, **{k: metrics.at_threshold(labels, probs, t)[k] for k in three}}
+  keys = ("roc_auc", *three, *(f"{k}_at_0.5" for k in three))
+  aggregate = lambda table, ks, fn: {k: float(fn([r[k] for r in table.values()])) for k in ks}
   return {"threshold": threshold, "shifts": rows,
-          "mean": {k: float(np.mean([r[k] for r in rows.values()])) for k in keys},
-          "worst": {k: float(np.min([r[k] for r in rows.values()])) for k in keys},
+          "mean": aggregate(rows, keys, np.mean), "worst": aggregate(rows, keys, np.min),
           "threshold_rules": {
               "stress_youden_left_out": {
-                  "mean": {k: float(np.mean([r[k] for r in left_out.values()])) for k in rule_keys},
-                  "worst": {k: float(np.min([r[k] for r in left_out.values()])) for k in rule_keys},
+                  "mean": aggregate(left_out, three, np.mean), "worst": aggregate(left_out, three, np.min),
                   "thresholds": {s: r["threshold"] for s, r in left_out.items()}},
-              "stress_youden_all_shifts": metrics.youden_threshold(np.tile(labels, len(stress.SHIFTS) + 1), pooled)}}
+              "stress_youden_all_shifts": stress_youden(labels, unshifted.probs, list(shifted.values()))}}
 
 
 def write_mistake_maps(config: trainer.TrainConfig, state: trainer.TrainState, ds, preds: trainer.Predictions,
