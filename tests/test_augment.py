@@ -79,3 +79,15 @@ def test_tta_views_keep_shape_and_the_identity_view_is_the_image():
   for view in augment.TTA_VIEWS[1:]:
     y = augment.tta_view(x, view)
     assert y.shape == x.shape and float(jnp.abs(y - x).mean()) > 1e-3
+
+
+def test_mixup_blends_each_image_with_a_batch_partner_and_keeps_its_own_label_dominant():
+  x = _images(16)
+  fn = jax.jit(augment.mixup, static_argnums=2)
+  mixed, partner, lam = fn(jax.random.key(5), x, 0.4)
+  assert sorted(np.asarray(partner).tolist()) == list(range(16))  # a permutation of the batch
+  lam = np.asarray(lam)
+  assert lam.shape == (16,) and (lam >= 0.5).all() and (lam <= 1.0).all() and lam.std() > 0.01
+  expected = lam[:, None, None, None] * np.asarray(x) + (1 - lam[:, None, None, None]) * np.asarray(x)[partner]
+  np.testing.assert_allclose(mixed, expected, rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(mixed, fn(jax.random.key(5), x, 0.4)[0])  # a pure function of the key

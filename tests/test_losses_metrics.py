@@ -120,3 +120,17 @@ def test_bootstrap_by_patient_is_wider_than_by_image_when_patients_repeat():
   assert width(by_patient, "accuracy") > 1.5 * width(by_image, "accuracy")
   point = metrics.at_threshold(labels, probs, 0.5)["accuracy"]
   assert by_patient["accuracy"][0] <= point <= by_patient["accuracy"][1]
+
+
+def test_mixup_xent_is_the_lam_weighted_sum_of_both_labels_weighted_losses():
+  logits = jnp.array([[2.0, -1.0], [0.5, 0.5], [-3.0, 1.0]])
+  labels, partner = jnp.array([0, 1, 1]), jnp.array([1, 1, 0])
+  lam, w = jnp.array([0.9, 0.6, 0.5]), jnp.array([2.0, 0.5])
+  logp = np.log(np.exp(np.asarray(logits)) / np.exp(np.asarray(logits)).sum(1, keepdims=True))
+  expected = np.mean([lam[i] * -w[labels[i]] * logp[i, labels[i]] + (1 - lam[i]) * -w[partner[i]] * logp[i, partner[i]]
+                      for i in range(3)])
+  got = losses.weighted_softmax_xent(logits=logits, labels=labels, class_weights=w, mixup=(partner, lam))
+  assert float(got) == pytest.approx(float(expected), rel=1e-6)
+  plain = losses.weighted_softmax_xent(logits=logits, labels=labels, class_weights=w)
+  same = losses.weighted_softmax_xent(logits=logits, labels=labels, class_weights=w, mixup=(partner, jnp.ones(3)))
+  assert float(same) == pytest.approx(float(plain), rel=1e-6)

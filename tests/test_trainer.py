@@ -54,6 +54,21 @@ def test_train_step_is_pure_and_reproducible():
   assert float(m3["loss"]) != float(m1["loss"])
 
 
+def test_mixup_is_off_by_default_and_changes_the_step_when_on():
+  config, state = _state()
+  kw = dict(class_weights=jnp.ones(2), augment_config=config.augment_config)
+  plain = jax.jit(functools.partial(trainer.train_step, **kw))
+  off = jax.jit(functools.partial(trainer.train_step, **kw, mixup_alpha=0.0))
+  on = jax.jit(functools.partial(trainer.train_step, **kw, mixup_alpha=0.4))
+  _, m_plain = plain(state, _batch(), jax.random.key(1))
+  _, m_off = off(state, _batch(), jax.random.key(1))
+  s_on, m_on = on(state, _batch(), jax.random.key(1))
+  np.testing.assert_array_equal(m_plain["prob"], m_off["prob"])  # mixup off draws the same numbers
+  assert not np.allclose(m_plain["prob"], m_on["prob"]) and np.isfinite(float(m_on["loss"]))
+  np.testing.assert_array_equal(m_on["label"], _batch()["label"])  # metrics keep each image's own label
+  assert int(s_on.step) == 1
+
+
 def test_eval_step_never_augments():
   _, state = _state()
   batch = _batch()

@@ -96,6 +96,24 @@ def augment_batch(key: jax.Array, images_BxHxWxC: jnp.ndarray, cfg: AugmentConfi
   return jax.vmap(lambda k, x: _augment_one(k, x, cfg))(keys, images_BxHxWxC)
 
 
+def mixup(key: jax.Array, images_BxHxWxC: jnp.ndarray,
+          alpha: float) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """Mixup (Zhang et al. 2018): each image blended with a random other image of the batch.
+
+  Returns (mixed images, partner index per image, lam per image) with lam ~ Beta(alpha, alpha)
+  folded into [0.5, 1], so each mixed image's own label keeps the larger share (the
+  train metrics score mixed images against it). The loss is
+  lam * loss(label) + (1 - lam) * loss(label[partner]) (losses.weighted_softmax_xent).
+  """
+  k_perm, k_lam = jax.random.split(key)
+  n = images_BxHxWxC.shape[0]
+  partner = jax.random.permutation(k_perm, n)
+  lam = jax.random.beta(k_lam, alpha, alpha, (n,))
+  lam = jnp.maximum(lam, 1.0 - lam)
+  lam_b = lam.reshape((n,) + (1,) * (images_BxHxWxC.ndim - 1))
+  return lam_b * images_BxHxWxC + (1.0 - lam_b) * images_BxHxWxC[partner], partner, lam
+
+
 # Test-time augmentation: the identity plus mild zooms and horizontal/vertical shifts, as
 # (scale, shift_y, shift_x) with shifts in fractions of the image size. No flips or large
 # rotations: chest anatomy is not mirror-symmetric and films are taken upright.

@@ -32,7 +32,11 @@ flags.DEFINE_integer("num_steps", _D.num_steps, "If > 0, train this many steps i
 flags.DEFINE_float("learning_rate", _D.learning_rate, "Peak learning rate (AdamW, warm-up then cosine decay).")
 flags.DEFINE_float("warmup_epochs", _D.warmup_epochs, "Epochs of linear learning-rate warm-up.")
 flags.DEFINE_float("weight_decay", _D.weight_decay, "AdamW decoupled weight decay.")
-flags.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing of the cross-entropy targets.")
+flags.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing of the cross-entropy targets.",
+                   lower_bound=0.0, upper_bound=0.5)
+flags.DEFINE_float("mixup_alpha", _D.mixup_alpha, "Mixup: blend each training image with another of its batch, "
+                   "weight ~ Beta(alpha, alpha), and the losses of both labels the same way (0: off).",
+                   lower_bound=0.0)
 flags.DEFINE_bool("augment", _D.augment, "On-device random affine and intensity augmentation in training.")
 flags.DEFINE_float("aug_rotate_deg", _D.augment_config.rotate_deg, "Max rotation, degrees.")
 flags.DEFINE_float("aug_scale", _D.augment_config.scale, "Max zoom change (fraction).")

@@ -61,6 +61,7 @@ class TrainConfig:
   warmup_epochs: float = 1.0
   weight_decay: float = 1e-4
   label_smoothing: float = 0.0
+  mixup_alpha: float = 0.0  # > 0: mixup with lam ~ Beta(alpha, alpha) (augment.mixup)
   augment: bool = True
   augment_config: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
   seed: int = 0
@@ -119,21 +120,30 @@ def _global_norm(tree: Any) -> jnp.ndarray:
 
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array, *,
                class_weights: jnp.ndarray, augment_config: augment_lib.AugmentConfig | None,
-               label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jnp.ndarray]]:
-  """One optimizer step on uint8 images; augmentation and dropout keyed by (rng, step)."""
+               label_smoothing: float = 0.0, mixup_alpha: float = 0.0
+               ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+  """One optimizer step on uint8 images; augmentation and dropout keyed by (rng, step).
+
+  With mixup the per-example outputs (train metrics) are those of the mixed images,
+  scored against each image's own label, which keeps the larger share of the blend.
+  """
   step_rng = jax.random.fold_in(rng, state.step)
   aug_rng, dropout_rng = jax.random.split(step_rng)
   images = batch["image"].astype(jnp.float32) / 255.0
   if augment_config is not None:
     images = augment_lib.augment_batch(aug_rng, images, augment_config)
   labels = batch["label"]
+  mix = None
+  if mixup_alpha > 0:  # its own key, so runs without mixup draw the same numbers as before
+    images, partner, lam = augment_lib.mixup(jax.random.fold_in(step_rng, 2), images, mixup_alpha)
+    mix = (labels[partner], lam)
 
   def loss_fn(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images, train=True,
                                      rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
     logits = logits.astype(jnp.float32)  # the loss in float32 whatever the compute dtype
     loss = losses.weighted_softmax_xent(logits=logits, labels=labels, class_weights=class_weights,
-                                        label_smoothing=label_smoothing)
+                                        label_smoothing=label_smoothing, mixup=mix)
     return loss, (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -383,7 +393,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = F
   step_fn = jax.jit(functools.partial(
       train_step, class_weights=jnp.asarray(weights),
       augment_config=config.augment_config if config.augment else None,
-      label_smoothing=config.label_smoothing),
+      label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha),
       in_shardings=(repl, parallel.batch_sharded(mesh), repl), out_shardings=(repl, repl), donate_argnums=0)
   log = MetricsLog(workdir, start_step)
 
