@@ -41,3 +41,18 @@ def test_plot_curves_from_a_metrics_file(tmp_path):
   assert (tmp_path / "reports" / "training_curves.png").stat().st_size > 0
   r = _script("plot_curves.py", str(tmp_path / "missing"))
   assert r.returncode != 0 and "metrics.jsonl does not exist" in r.stderr
+
+
+def test_benchmark_prints_the_shared_scripts_fields_and_the_pipeline_and_originals_rates(prepared_sample):
+  _, tfds_dir = prepared_sample
+  r = _script("benchmark.py", "--model=mlp", "--batch=4", "--steps=2", f"--data_dir={SAMPLE_DIR}",
+              f"--tfds_data_dir={tfds_dir}", f"--originals_dir={os.path.join(SAMPLE_DIR, 'val')}",
+              "--originals_repeat=2", "--json")
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = [json.loads(l) for l in r.stdout.splitlines()]
+  assert len(rows) == 1
+  row = rows[0]
+  for key in ("train_img_per_s", "infer_img_per_s", "batch", "params", "train_fraction_of_matmul",
+              "pipeline_cached_img_per_s", "pipeline_to_step_ratio", "originals_cold_img_per_s"):
+    assert row[key] > 0, key
+  assert row["batch"] == 4 and row["originals_examples"] == 2 * 16  # every file of val/, twice
