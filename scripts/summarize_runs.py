@@ -30,6 +30,9 @@ COLUMNS = (
     ("stress sens, stress-Youden thr, left out", lambda r: r["stress"]["threshold_rules"]["stress_youden_left_out"]["mean"]["sensitivity"]),
     ("stress spec, stress-Youden thr, left out", lambda r: r["stress"]["threshold_rules"]["stress_youden_left_out"]["mean"]["specificity"]),
     ("EM prior (true 0.744)", lambda r: r["label_shift"]["estimated_prior"]),
+    ("stress EM prior mean (true 0.744)", lambda r: r["stress"]["threshold_rules"]["em_per_shift"]["mean"]["estimated_prior"]),
+    ("stress sens, EM thr, mean", lambda r: r["stress"]["threshold_rules"]["em_per_shift"]["mean"]["sensitivity"]),
+    ("stress spec, EM thr, mean", lambda r: r["stress"]["threshold_rules"]["em_per_shift"]["mean"]["specificity"]),
 )
 
 
@@ -70,7 +73,8 @@ def main():
           vals.append(float(get(r)))
         except (KeyError, TypeError):
           pass
-      row.append(_fmt(vals))
+      # A figure older reports lack is averaged over the runs that have it, and says how many.
+      row.append(_fmt(vals) + (f" (n={len(vals)})" if vals and len(vals) < len(reports) else ""))
     kaggle, wall = [], []
     for p in paths:
       folder = os.path.dirname(p)

@@ -66,3 +66,20 @@ def test_every_shift_is_deterministic_changes_the_image_and_keeps_its_shape(shif
     assert np.abs(a.astype(int) - o).mean() > 0.5, shift
   if shift == "noise":  # seeded by file name: two files get different noise
     assert not np.array_equal(first[0], first[1])
+
+
+def test_stress_report_runs_em_on_each_shift_and_a_shift_that_inflates_scores_inflates_the_estimate():
+  from xray_jax import evaluate, trainer  # pylint: disable=g-import-not-at-top
+  y, p = _scores(4000, 0.6, seed=3)
+  unshifted = trainer.Predictions(labels=y, probs=p, file_names=[f"{i}.png" for i in range(len(y))])
+  inflated = calibration.sigmoid(calibration.logit(p) + 1.5)  # every film looks more like PNEUMONIA
+  shifted = {"none": p, "inflated": inflated}
+  report = evaluate.stress_report(unshifted, shifted, threshold=0.5, source_prior=0.5)
+  em = report["threshold_rules"]["em_per_shift"]
+  assert em["observed_prior"] == pytest.approx(np.mean(y))
+  assert em["shifts"]["none"]["estimated_prior"] == pytest.approx(calibration.em_prior(p, 0.5)[0])
+  assert abs(em["shifts"]["none"]["estimated_prior"] - 0.6) < 0.03  # pure label shift: EM recovers the share
+  assert em["shifts"]["inflated"]["estimated_prior"] > 0.75  # covariate shift read as more PNEUMONIA
+  assert em["shifts"]["inflated"]["specificity"] < em["shifts"]["none"]["specificity"]
+  assert em["mean"]["estimated_prior"] == pytest.approx(np.mean([r["estimated_prior"] for r in em["shifts"].values()]))
+  assert "em_per_shift" not in evaluate.stress_report(unshifted, shifted, threshold=0.5)["threshold_rules"]

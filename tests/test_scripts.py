@@ -56,3 +56,26 @@ def test_benchmark_prints_the_shared_scripts_fields_and_the_pipeline_and_origina
               "pipeline_cached_img_per_s", "pipeline_to_step_ratio", "originals_cold_img_per_s"):
     assert row[key] > 0, key
   assert row["batch"] == 4 and row["originals_examples"] == 2 * 16  # every file of val/, twice
+
+
+def test_summarize_runs_gives_mean_and_spread_and_says_when_a_figure_has_fewer_runs(tmp_path):
+  def report(auc, em=None):
+    rules = {"stress_youden_left_out": {"mean": {"sensitivity": 0.9, "specificity": 0.8}}}
+    if em is not None:
+      rules["em_per_shift"] = {"mean": {"estimated_prior": em, "sensitivity": 0.9, "specificity": 0.8}}
+    block = {"accuracy": 0.9, "sensitivity": 0.9, "specificity": 0.8}
+    return {"roc_auc": auc, "at_threshold_0.5": block, "at_chosen_threshold": block,
+            "label_shift": {"estimated_prior": 0.7},
+            "stress": {"mean": {"roc_auc": auc, "sensitivity": 0.9, "specificity": 0.8, "sensitivity_at_0.5": 0.9,
+                                "specificity_at_0.5": 0.8},
+                       "worst": {"roc_auc": auc, "specificity": 0.8}, "threshold_rules": rules}}
+  for seed, (auc, em) in enumerate([(0.90, 0.70), (0.94, None)]):
+    d = tmp_path / f"exp_s{seed}" / "reports"
+    d.mkdir(parents=True)
+    (d / "validation_stress.json").write_text(json.dumps(report(auc, em)))
+    (d.parent / "wall_time_s.txt").write_text("600")
+  r = _script("summarize_runs.py", "exp", f"--runs_dir={tmp_path}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  row = [c.strip() for c in r.stdout.splitlines()[-1].strip("|").split("|")]
+  assert row[:3] == ["exp", "2", "0.9200 ± 0.0283"]  # mean and sample std of 0.90, 0.94
+  assert "0.7000 (n=1)" in row and row[-1] == "10.0 ± 0.0"

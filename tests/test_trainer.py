@@ -279,7 +279,9 @@ def test_evaluate_options_ensemble_tta_temperature_label_shift_and_stress(traine
   assert 0.0 < ls["estimated_prior"] < 1.0 and 0.0 < ls["threshold"] < 1.0
   assert set(tta["stress"]["shifts"]) == set(evaluate.stress.SHIFTS)
   assert tta["stress"]["worst"]["roc_auc"] <= tta["stress"]["mean"]["roc_auc"]
-  assert "Stress test" in open(os.path.join(workdir, "reports", "t_tta.md")).read()
+  assert set(tta["stress"]["threshold_rules"]["em_per_shift"]["shifts"]) == set(evaluate.stress.SHIFTS)
+  md = open(os.path.join(workdir, "reports", "t_tta.md")).read()
+  assert "Stress test" in md and "Label-shift EM on each shifted set" in md
 
 
 def _csv_probs(workdir: str, name: str) -> np.ndarray:

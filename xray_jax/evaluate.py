@@ -229,7 +229,8 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
   if stress_test:
     shifted = val_shifted if split == "validation" and val_shifted is not None else (
         shifted_probs(predictor, ds, n, temperature))
-    report["stress"] = stress_report(preds, shifted, threshold)
+    report["stress"] = stress_report(preds, shifted, threshold,
+                                     _source_prior(builder, weights) if label_shift == "em" else None)
   if not parallel.is_primary():
     return report
   report_dir = os.path.join(workdir, "reports")
@@ -258,31 +259,42 @@ def label_shift_report(preds: trainer.Predictions, source_prior: float) -> dict[
           "at_threshold": metrics.at_threshold(preds.labels, preds.probs, threshold)}
 
 
-def stress_report(unshifted: trainer.Predictions, shifted: dict[str, np.ndarray], threshold: float) -> dict[str, Any]:
+def stress_report(unshifted: trainer.Predictions, shifted: dict[str, np.ndarray], threshold: float,
+                  source_prior: float | None = None) -> dict[str, Any]:
   """ROC AUC and the figures at `threshold` (and 0.5) under each shift of stress.SHIFTS.
 
   `threshold_rules` compares ways to choose a threshold on shifts they did not see: for
   each shift, Youden's J on the unshifted images plus the other shifts, scored on the
-  left-out shift, against `threshold` and 0.5 on the same shift.
+  left-out shift, against `threshold` and 0.5 on the same shift. With `source_prior`,
+  also label-shift EM on each shifted set alone: its estimate of P(PNEUMONIA) (the true
+  share does not change under these shifts) and the figures at its minimum-error threshold.
   """
   labels = unshifted.labels
   three = ("accuracy", "sensitivity", "specificity")
-  rows, left_out = {}, {}
+  rows, left_out, em = {}, {}, {}
   for shift, probs in shifted.items():
     at, at_half = metrics.at_threshold(labels, probs, threshold), metrics.at_threshold(labels, probs, 0.5)
     rows[shift] = {"roc_auc": metrics.roc_auc(labels, probs), "loss": float(np.mean(metrics.binary_nll(labels, probs))),
                    **{k: at[k] for k in three}, **{f"{k}_at_0.5": at_half[k] for k in three}}
     t = stress_youden(labels, unshifted.probs, [p for s, p in shifted.items() if s != shift])
     left_out[shift] = {"threshold": t, **{k: metrics.at_threshold(labels, probs, t)[k] for k in three}}
+    if source_prior is not None:
+      prior, _ = calibration.em_prior(probs, source_prior)
+      t_em = calibration.prior_threshold(source_prior, prior)
+      em[shift] = {"estimated_prior": prior, "threshold": t_em,
+                   **{k: metrics.at_threshold(labels, probs, t_em)[k] for k in three}}
   keys = ("roc_auc", *three, *(f"{k}_at_0.5" for k in three))
   aggregate = lambda table, ks, fn: {k: float(fn([r[k] for r in table.values()])) for k in ks}
+  rules = {"stress_youden_left_out": {
+               "mean": aggregate(left_out, three, np.mean), "worst": aggregate(left_out, three, np.min),
+               "thresholds": {s: r["threshold"] for s, r in left_out.items()}},
+           "stress_youden_all_shifts": stress_youden(labels, unshifted.probs, list(shifted.values()))}
+  if em:
+    rules["em_per_shift"] = {"observed_prior": float(np.mean(labels)), "shifts": em,
+                             "mean": aggregate(em, ("estimated_prior", *three), np.mean),
+                             "worst": aggregate(em, three, np.min)}
   return {"threshold": threshold, "shifts": rows,
-          "mean": aggregate(rows, keys, np.mean), "worst": aggregate(rows, keys, np.min),
-          "threshold_rules": {
-              "stress_youden_left_out": {
-                  "mean": aggregate(left_out, three, np.mean), "worst": aggregate(left_out, three, np.min),
-                  "thresholds": {s: r["threshold"] for s, r in left_out.items()}},
-              "stress_youden_all_shifts": stress_youden(labels, unshifted.probs, list(shifted.values()))}}
+          "mean": aggregate(rows, keys, np.mean), "worst": aggregate(rows, keys, np.min), "threshold_rules": rules}
 
 
 def write_mistake_maps(config: trainer.TrainConfig, state: trainer.TrainState, ds, preds: trainer.Predictions,

@@ -163,6 +163,14 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"specificity {_fmt(m['specificity'])}; worst {_fmt(w['accuracy'])}, {_fmt(w['sensitivity'])}, "
                 f"{_fmt(w['specificity'])}. Chosen on all shifts: "
                 f"{st['threshold_rules']['stress_youden_all_shifts']:.4f}."]
+    em = st.get("threshold_rules", {}).get("em_per_shift")
+    if em:
+      m, w = em["mean"], em["worst"]
+      lines += ["", f"Label-shift EM on each shifted set alone (true P(PNEUMONIA) {em['observed_prior']:.4f} under "
+                f"every shift): estimates " + ", ".join(f"{k} {r['estimated_prior']:.3f}"
+                                                         for k, r in em["shifts"].items()) +
+                f"; at EM's minimum-error threshold mean sensitivity {_fmt(m['sensitivity'])}, specificity "
+                f"{_fmt(m['specificity'])}; worst {_fmt(w['sensitivity'])}, {_fmt(w['specificity'])}."]
     lines.append("")
   figures = report.get("figures", {})
   if figures:
