@@ -63,6 +63,22 @@ def _flops(compiled) -> float | None:
   return float(cost.get("flops", 0.0)) or None if cost else None
 
 
+def conv_kinds(model: nn.Module, image_size: int) -> str:
+  """Which convolutions the model really builds: nn.Conv, layers.Conv (the fast kernel gradient), both."""
+  kinds = set()
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Conv) and context.method_name == "__call__":
+      fast = context.module.conv_general_dilated is layers.conv_general_dilated
+      kinds.add("layers.Conv" if fast else "nn.Conv")
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                   jnp.zeros((1, image_size, image_size, 1)))
+  return "+".join(sorted(kinds)) or "none"
+
+
 def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: bool, dtype: str) -> dict:
   config = trainer.TrainConfig(model=name, image_size=image_size, batch_size=batch, dtype=dtype)
   model = trainer.create_model(config)
@@ -93,7 +109,7 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   infer_s = _median_time(lambda: infer(holder["state"], infer_batch), 5)
   out = {"framework": "jax-flax", "version": f"jax {jax.__version__}", "model": name, "device": str(jax.devices()[0]),
          "batch": batch, "params": trainer.param_count(state.params), "augment": augment, "dtype": dtype,
-         "conv": "nn.Conv" if layers.Conv is nn.Conv else "layers.Conv",
+         "conv": conv_kinds(model, image_size),
          "train_img_per_s": round(batch / train_s, 1), "infer_img_per_s": round(256 / infer_s, 1)}
   if train_flops:
     out["train_gflop_per_image"] = round(train_flops / batch / 1e9, 3)

@@ -10,7 +10,7 @@ from xray_jax import models
 from xray_jax.errors import UsageError
 
 # Pinned so that an accidental architecture change shows up as a failing test.
-PARAM_COUNTS = {"cnn": 1_179_986, "mlp": 8_455_042, "refcnn": 389_314}
+PARAM_COUNTS = {"cnn": 1_179_986, "cnn_narrow": 664_238, "mlp": 8_455_042, "refcnn": 389_314}
 
 
 def _init(model, size=128):
@@ -49,7 +49,7 @@ def test_jit_and_eager_agree(name):
 
 
 def test_unknown_model_lists_known_ones():
-  with pytest.raises(UsageError, match="known models: cnn, mlp, refcnn"):
+  with pytest.raises(UsageError, match="known models: cnn, cnn_narrow, mlp, refcnn"):
     models.get_model("resnet9000")
 
 
@@ -84,6 +84,15 @@ def test_bfloat16_compute_keeps_float32_parameters(name):
   # Same function to bfloat16's 8 bits of mantissa.
   want = f32.apply(variables, x, train=False)
   np.testing.assert_allclose(got.astype(jnp.float32), want, atol=0.05 * float(jnp.abs(want).max()) + 1e-3)
+
+
+def test_cnn_narrow_is_cnn_at_three_quarter_widths():
+  """The subclass changes only the widths: same layer names, kernels 3/4 as wide."""
+  wide = _init(models.get_model("cnn"), 64)["params"]
+  narrow = _init(models.get_model("cnn_narrow"), 64)["params"]
+  assert jax.tree.structure(wide) == jax.tree.structure(narrow)
+  for w, n in zip(jax.tree.leaves(wide), jax.tree.leaves(narrow)):
+    assert n.shape == tuple(d if d in (1, 2, 3) else d * 3 // 4 for d in w.shape)
 
 
 def test_cnn_rejects_image_size_it_cannot_pool():

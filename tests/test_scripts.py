@@ -56,6 +56,24 @@ def test_benchmark_prints_the_shared_scripts_fields_and_the_pipeline_and_origina
               "pipeline_cached_img_per_s", "pipeline_to_step_ratio", "originals_cold_img_per_s"):
     assert row[key] > 0, key
   assert row["batch"] == 4 and row["originals_examples"] == 2 * 16  # every file of val/, twice
+  assert row["conv"] == "none"  # the mlp has no convolution to report
+
+
+def test_benchmark_reports_the_convolution_each_model_really_builds():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from xray_jax import layers, models  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("benchmark", os.path.join(REPO, "scripts", "benchmark.py"))
+  benchmark = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(benchmark)
+  assert benchmark.conv_kinds(models.get_model("cnn"), 32) == "nn.Conv"
+  assert benchmark.conv_kinds(models.get_model("refcnn"), 32) == "layers.Conv"
+  fast = layers.Conv
+  try:  # what --plain_conv does
+    layers.Conv = nn.Conv
+    assert benchmark.conv_kinds(models.get_model("refcnn"), 32) == "nn.Conv"
+  finally:
+    layers.Conv = fast
 
 
 def test_summarize_runs_gives_mean_and_spread_and_says_when_a_figure_has_fewer_runs(tmp_path):
