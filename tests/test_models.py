@@ -10,7 +10,7 @@ from xray_jax import models
 from xray_jax.errors import UsageError
 
 # Pinned so that an accidental architecture change shows up as a failing test.
-PARAM_COUNTS = {"cnn": 1_179_986, "cnn_narrow": 664_238, "mlp": 8_455_042, "refcnn": 389_314}
+PARAM_COUNTS = {"cnn": 1_179_986, "cnn_narrow": 664_238, "cnn_res": 1_224_514, "mlp": 8_455_042, "refcnn": 389_314}
 
 
 def _init(model, size=128):
@@ -49,7 +49,7 @@ def test_jit_and_eager_agree(name):
 
 
 def test_unknown_model_lists_known_ones():
-  with pytest.raises(UsageError, match="known models: cnn, cnn_narrow, mlp, refcnn"):
+  with pytest.raises(UsageError, match="known models: cnn, cnn_narrow, cnn_res, mlp, refcnn"):
     models.get_model("resnet9000")
 
 
@@ -93,6 +93,33 @@ def test_cnn_narrow_is_cnn_at_three_quarter_widths():
   assert jax.tree.structure(wide) == jax.tree.structure(narrow)
   for w, n in zip(jax.tree.leaves(wide), jax.tree.leaves(narrow)):
     assert n.shape == tuple(d if d in (1, 2, 3) else d * 3 // 4 for d in w.shape)
+
+
+def test_cnn_res_has_the_convs_of_cnn_plus_a_projection_per_stage():
+  plain = _init(models.get_model("cnn"), 64)["params"]
+  res = _init(models.get_model("cnn_res"), 64)["params"]
+  for i in range(5):
+    stage = res[f"ResStage_{i}"]
+    assert stage["ConvBN_0"]["Conv_0"]["kernel"].shape == plain[f"ConvBN_{2 * i}"]["Conv_0"]["kernel"].shape
+    assert stage["Conv_0"]["kernel"].shape == plain[f"ConvBN_{2 * i + 1}"]["Conv_0"]["kernel"].shape
+    c_in, c_out = stage["proj"]["kernel"].shape[2:]
+    assert stage["proj"]["kernel"].shape == (1, 1, c_in, c_out)
+  assert res["Dense_0"]["kernel"].shape == plain["Dense_0"]["kernel"].shape
+
+
+def test_cnn_res_stage_starts_as_its_shortcut_then_adds_the_conv_branch():
+  """The zero-initialised BatchNorm scale mutes the branch at first; training can turn it on."""
+  from xray_jax.models import cnn_res
+  stage = cnn_res.ResStage(8)
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 4))
+  variables = stage.init(jax.random.key(1), x, train=False)
+  params = variables["params"]
+  # Fresh BatchNorm in inference: mean 0, variance 1, scale 1, bias 0.
+  shortcut = jax.nn.relu(x @ params["proj"]["kernel"][0, 0] / np.sqrt(1 + 1e-5))
+  np.testing.assert_allclose(stage.apply(variables, x, train=False), shortcut, rtol=1e-5, atol=1e-5)
+  params = {**params, "BatchNorm_0": {**params["BatchNorm_0"], "scale": jnp.ones(8)}}
+  with_branch = stage.apply({**variables, "params": params}, x, train=False)
+  assert float(jnp.abs(with_branch - shortcut).max()) > 0.1
 
 
 def test_cnn_rejects_image_size_it_cannot_pool():

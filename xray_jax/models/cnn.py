@@ -39,11 +39,15 @@ class Model(nn.Module):
     if x.shape[1] % factor or x.shape[2] % factor:
       raise ValueError(f"cnn needs an image size divisible by {factor}; got {x.shape[1]}x{x.shape[2]}.")
     for i, width in enumerate(self.widths):
-      x = ConvBN(width, self.dtype)(x, train=train)
-      x = ConvBN(width, self.dtype)(x, train=train)
+      x = self.block(x, width, train=train)
       if i == len(self.widths) - 1:
         x = saliency.mark_features(self, x)
       x = layers.max_pool_2x2(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+
+  def block(self, x: jnp.ndarray, width: int, *, train: bool) -> jnp.ndarray:
+    """One stage before its pool; a variant that changes only this overrides it (cnn_res)."""
+    x = ConvBN(width, self.dtype)(x, train=train)
+    return ConvBN(width, self.dtype)(x, train=train)
