@@ -12,12 +12,16 @@ name=$1; data_dir=$2; shift 2
 for seed in "$@"; do
   wd=runs/${name}_s${seed}
   echo "== $name seed $seed -> $wd ($(date -u +%H:%M:%S))"
+  # A resumed (or already finished) run times only its tail: that goes in another file, so
+  # that summarize_runs.py never averages it in as a training time.
+  wall_file=wall_time_s.txt
+  if [ -n "$(ls -A "$wd/checkpoints" 2>/dev/null)" ]; then wall_file=wall_time_resumed_s.txt; fi
   start=$(date +%s)
   # shellcheck disable=SC2086
   .venv/bin/python -m xray_jax.train --flagfile="experiments/$name.flags" --data_dir="$data_dir" \
     --workdir="$wd" --seed="$seed" ${EXTRA_FLAGS:-}
-  echo "$(( $(date +%s) - start ))" > "$wd/wall_time_s.txt"
-  echo "== $name seed $seed trained in $(cat "$wd/wall_time_s.txt") s"
+  echo "$(( $(date +%s) - start ))" > "$wd/$wall_file"
+  echo "== $name seed $seed trained in $(cat "$wd/$wall_file") s ($wall_file)"
   .venv/bin/python -m xray_jax.evaluate --workdir="$wd" --split=validation --stress --label_shift=em \
     --report_name=validation_stress --mistake_maps=0
   .venv/bin/python -m xray_jax.evaluate --workdir="$wd" --split=kaggle_val --mistake_maps=0

@@ -84,7 +84,8 @@ def main():
       wt = os.path.join(os.path.dirname(folder), "wall_time_s.txt")
       if os.path.exists(wt) and "=" not in group:
         wall.append(float(open(wt).read()) / 60)
-    row += [_fmt(kaggle, 3), _fmt(wall, 1)]
+    # run_seeds.sh times a resumed run apart (wall_time_resumed_s.txt): its time is not counted.
+    row += [_fmt(kaggle, 3), _fmt(wall, 1) + (f" (n={len(wall)})" if wall and len(wall) < len(paths) else "")]
     print("| " + " | ".join(row) + " |")
 
 

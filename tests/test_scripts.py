@@ -91,9 +91,10 @@ def test_summarize_runs_gives_mean_and_spread_and_says_when_a_figure_has_fewer_r
     d = tmp_path / f"exp_s{seed}" / "reports"
     d.mkdir(parents=True)
     (d / "validation_stress.json").write_text(json.dumps(report(auc, em)))
-    (d.parent / "wall_time_s.txt").write_text("600")
+    # Seed 1 was resumed, so run_seeds.sh timed only its tail, apart: not a training time.
+    (d.parent / ("wall_time_s.txt" if seed == 0 else "wall_time_resumed_s.txt")).write_text("600" if seed == 0 else "60")
   r = _script("summarize_runs.py", "exp", f"--runs_dir={tmp_path}")
   assert r.returncode == 0, r.stderr[-2000:]
   row = [c.strip() for c in r.stdout.splitlines()[-1].strip("|").split("|")]
   assert row[:3] == ["exp", "2", "0.9200 ± 0.0283"]  # mean and sample std of 0.90, 0.94
-  assert "0.7000 (n=1)" in row and row[-1] == "10.0 ± 0.0"
+  assert "0.7000 (n=1)" in row and row[-1] == "10.0 (n=1)"
