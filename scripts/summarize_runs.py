@@ -36,12 +36,14 @@ COLUMNS = (
 )
 
 
-def _fmt(values: list[float], digits: int = 4) -> str:
+def _fmt(values: list[float], digits: int = 4, of: int | None = None) -> str:
+  """Mean ± sample std; "(n=k)" when only k of the `of` runs have the figure."""
   if not values:
     return "n/a"
+  fewer = f" (n={len(values)})" if of is not None and len(values) < of else ""
   if len(values) == 1:
-    return f"{values[0]:.{digits}f}"
-  return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+    return f"{values[0]:.{digits}f}{fewer}"
+  return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}{fewer}"
 
 
 def _load(path: str) -> dict:
@@ -74,7 +76,7 @@ def main():
         except (KeyError, TypeError):
           pass
       # A figure older reports lack is averaged over the runs that have it, and says how many.
-      row.append(_fmt(vals) + (f" (n={len(vals)})" if vals and len(vals) < len(reports) else ""))
+      row.append(_fmt(vals, of=len(reports)))
     kaggle, wall = [], []
     for p in paths:
       folder = os.path.dirname(p)
@@ -85,7 +87,7 @@ def main():
       if os.path.exists(wt) and "=" not in group:
         wall.append(float(open(wt).read()) / 60)
     # run_seeds.sh times a resumed run apart (wall_time_resumed_s.txt): its time is not counted.
-    row += [_fmt(kaggle, 3), _fmt(wall, 1) + (f" (n={len(wall)})" if wall and len(wall) < len(paths) else "")]
+    row += [_fmt(kaggle, 3), _fmt(wall, 1, of=len(paths))]
     print("| " + " | ".join(row) + " |")
 
 

@@ -16,6 +16,11 @@ from xray_jax import layers
 from xray_jax import saliency
 
 
+def batch_norm(*, train: bool, dtype: Any, **kwargs) -> nn.BatchNorm:
+  """The BatchNorm of every cnn stage (and of its variants), in one place."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype, **kwargs)
+
+
 class ConvBN(nn.Module):
   features: int
   dtype: Any = jnp.float32
@@ -23,7 +28,7 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)  # BatchNorm supplies the bias
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+    x = batch_norm(train=train, dtype=self.dtype)(x)
     return nn.relu(x)
 
 
