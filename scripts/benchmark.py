@@ -27,6 +27,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from xray_jax import hostmem  # pylint: disable=g-import-not-at-top
+
+# As the entry points do, before jax starts its threads; XRAY_JAX_MALLOC=default measures without.
+MALLOC = "keep_freed" if hostmem.keep_freed_memory() else "default"
+
 import flax.linen as nn  # pylint: disable=g-import-not-at-top
 import jax
 import jax.numpy as jnp
@@ -100,7 +105,10 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
 
   for _ in range(3):
     one_step()
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   train_s = _median_time(one_step, steps)
+  # Fresh pages the kernel had to map per step: host memory that was not reused (see hostmem).
+  faults_per_step = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
 
   infer_batch = jax.device_put(rng.integers(0, 256, (256, image_size, image_size, 1), dtype=np.uint8))
   infer = jax.jit(trainer.eval_step)
@@ -110,6 +118,7 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   out = {"framework": "jax-flax", "version": f"jax {jax.__version__}", "model": name, "device": str(jax.devices()[0]),
          "batch": batch, "params": trainer.param_count(state.params), "augment": augment, "dtype": dtype,
          "conv": conv_kinds(model, image_size),
+         "malloc": MALLOC, "train_page_faults_per_step": round(faults_per_step),
          "train_img_per_s": round(batch / train_s, 1), "infer_img_per_s": round(256 / infer_s, 1)}
   if train_flops:
     out["train_gflop_per_image"] = round(train_flops / batch / 1e9, 3)

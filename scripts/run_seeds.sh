@@ -5,12 +5,13 @@
 # A complete run is resumed, which returns at once, so the script can be rerun after an
 # interruption.
 #   bash scripts/run_seeds.sh cnn ../shared/data/chest_xray 0 1 2
-# Extra train flags go in EXTRA_FLAGS, e.g. EXTRA_FLAGS="--tfds_data_dir=runs/tfds_shared".
+# Extra train flags go in EXTRA_FLAGS, e.g. EXTRA_FLAGS="--tfds_data_dir=runs/tfds_shared"; RUNS_DIR
+# (default runs) is where the workdirs go, e.g. to train a recipe again beside its old runs.
 set -euo pipefail
 source "$(dirname "$0")/_venv.sh"
 name=$1; data_dir=$2; shift 2
 for seed in "$@"; do
-  wd=runs/${name}_s${seed}
+  wd=${RUNS_DIR:-runs}/${name}_s${seed}
   echo "== $name seed $seed -> $wd ($(date -u +%H:%M:%S))"
   # A resumed (or already finished) run times only its tail: that goes in another file, so
   # that summarize_runs.py never averages it in as a training time.

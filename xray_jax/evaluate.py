@@ -8,6 +8,11 @@
 
 from __future__ import annotations
 
+from xray_jax import hostmem
+
+hostmem.keep_freed_memory()  # before jax and TensorFlow start their threads (see hostmem)
+
+# pylint: disable=wrong-import-position
 import dataclasses
 import os
 import re

@@ -10,6 +10,11 @@ files that cannot be read get a line with their error).
 
 from __future__ import annotations
 
+from xray_jax import hostmem
+
+hostmem.keep_freed_memory()  # before jax and TensorFlow start their threads (see hostmem)
+
+# pylint: disable=wrong-import-position
 import json
 import os
 from typing import Any

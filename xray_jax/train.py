@@ -5,6 +5,11 @@ Running the same command again after a kill resumes from the last checkpoint.
 
 from __future__ import annotations
 
+from xray_jax import hostmem
+
+hostmem.keep_freed_memory()  # before jax and TensorFlow start their threads (see hostmem)
+
+# pylint: disable=wrong-import-position
 import dataclasses
 
 from absl import flags

@@ -1,0 +1,52 @@
+"""hostmem.keep_freed_memory: freed buffers are reused instead of mapped anew (glibc only)."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from xray_jax import hostmem
+
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+
+# Touches a freed 64 MiB buffer from a second thread, as XLA's worker threads reuse what
+# the previous step freed; prints whether hostmem applied and the page faults of the reuse.
+_PROBE = r"""
+import ctypes, resource, threading
+from xray_jax import hostmem
+applied = hostmem.keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+n = 64 << 20
+def touch():
+  p = libc.malloc(n)
+  ctypes.memset(p, 1, n)
+  libc.free(p)
+touch()
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+t = threading.Thread(target=touch)
+t.start(); t.join()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+"""
+_PAGES = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
+
+
+def _probe(**env: str) -> tuple[bool, int]:
+  out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True,
+                       env={**os.environ, **env}).stdout.split()
+  return out[0] == "True", int(out[1])
+
+
+def test_freed_memory_is_reused_across_threads():
+  applied, faults = _probe()
+  assert applied
+  assert faults < _PAGES // 10  # thread stack and bookkeeping only
+
+
+def test_opt_out_leaves_malloc_as_it_is():
+  applied, faults = _probe(**{hostmem.OPT_OUT: "default"})
+  assert not applied
+  assert faults >= _PAGES * 9 // 10  # glibc maps the buffer anew and the kernel faults every page in
