@@ -6,10 +6,11 @@ batch 32, 32 x 128 x 128 x 16 float32 is 32 MiB) is a fresh mmap that free() unm
 XLA's worker threads allocate from per-thread arenas that hand memory back too. So each
 step the kernel maps and zeroes new pages: about 200,000 page faults per `cnn` step at batch
 32 on 2 cores, a third of the CPU time spent in the kernel. With one arena, no mmap and no
-trimming, the second step reuses the first one's memory: about 0 faults per step and
-1.5-1.7x the images/s on the same machine (benchmarks/RESULTS.md). The arithmetic, and so
-every result, is unchanged. The cost: the process holds on to its peak footprint until it
-exits, and all threads share one arena's lock.
+trimming, once the heap has grown to fit (a few steps) each step reuses the last one's
+memory: no faults per step and about 1.5x the images/s on the same machine
+(benchmarks/RESULTS.md). The arithmetic, and so every result, is unchanged. The cost: the
+process holds on to its peak footprint, which fragmentation can make 2-3x what the
+default gives, and all threads share one arena's lock.
 
 The entry points (train, evaluate, predict, scripts/benchmark.py) call `keep_freed_memory()`
 before they import jax or TensorFlow, as glibc fixes the number of arenas when the first
