@@ -9,6 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from xray_jax import hostmem
+
+# The suite compiles hundreds of small programs and runs few steps of each: with one malloc
+# arena XLA's multi-threaded compiler is slower (benchmarks/RESULTS.md), and there are no
+# large steps to gain on. So tests, and the commands they start, keep glibc's defaults;
+# tests/test_hostmem.py tests hostmem itself. Results are the same either way.
+os.environ.setdefault(hostmem.OPT_OUT, "default")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DIR = os.path.join(REPO, "sample_data", "chest_xray")
 SHARED_DATA = os.path.abspath(os.path.join(REPO, "..", "shared", "data", "chest_xray"))

@@ -10,7 +10,8 @@ trimming, once the heap has grown to fit (a few steps) each step reuses the last
 memory: no faults per step and about 1.5x the images/s on the same machine
 (benchmarks/RESULTS.md). The arithmetic, and so every result, is unchanged. The cost: the
 process holds on to its peak footprint, which fragmentation can make 2-3x what the
-default gives, and all threads share one arena's lock.
+default gives, and all threads share one arena's lock, which makes XLA's multi-threaded
+compiler 15-40% slower (seconds per run; the test suite, which mostly compiles, opts out).
 
 The entry points (train, evaluate, predict, scripts/benchmark.py) call `keep_freed_memory()`
 before they import jax or TensorFlow, as glibc fixes the number of arenas when the first
