@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from conftest import REPO, SAMPLE_DIR
 from xray_jax import hostmem
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
@@ -52,3 +53,19 @@ def test_opt_out_leaves_malloc_as_it_is():
   applied, faults = _probe(**{hostmem.OPT_OUT: "default"})
   assert not applied
   assert faults >= _PAGES * 9 // 10  # glibc maps the buffer anew and the kernel faults every page in
+
+
+def test_training_with_and_without_it_gives_the_same_run(prepared_sample, tmp_path):
+  """The real command line, hostmem on (a user's default) and off: the same metrics, bit for bit."""
+  _, tfds_dir = prepared_sample
+  logs = []
+  for name, extra in (("on", {}), ("off", {hostmem.OPT_OUT: "default"})):
+    env = {**{k: v for k, v in os.environ.items() if k != hostmem.OPT_OUT}, **extra,
+           "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+    wd = tmp_path / name
+    r = subprocess.run([sys.executable, "-m", "xray_jax.train", "--model=cnn", "--batch_size=8",
+                        "--num_steps=2", f"--data_dir={SAMPLE_DIR}", f"--tfds_data_dir={tfds_dir}", f"--workdir={wd}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    logs.append((wd / "metrics.jsonl").read_text())
+  assert logs[0] and logs[0] == logs[1]
