@@ -35,11 +35,14 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 _PAGES = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
 
 
+def _user_env(**extra: str) -> dict[str, str]:
+  """The environment a user has: conftest opts the suite out of hostmem, this does not."""
+  return {**{k: v for k, v in os.environ.items() if k != hostmem.OPT_OUT}, **extra}
+
+
 def _probe(**env: str) -> tuple[bool, int]:
-  # conftest opts the suite out; the probe starts from the environment a user has.
-  base = {k: v for k, v in os.environ.items() if k != hostmem.OPT_OUT}
   out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True,
-                       env={**base, **env}).stdout.split()
+                       env=_user_env(**env)).stdout.split()
   return out[0] == "True", int(out[1])
 
 
@@ -60,8 +63,7 @@ def test_training_with_and_without_it_gives_the_same_run(prepared_sample, tmp_pa
   _, tfds_dir = prepared_sample
   logs = []
   for name, extra in (("on", {}), ("off", {hostmem.OPT_OUT: "default"})):
-    env = {**{k: v for k, v in os.environ.items() if k != hostmem.OPT_OUT}, **extra,
-           "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+    env = _user_env(**extra, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
     wd = tmp_path / name
     r = subprocess.run([sys.executable, "-m", "xray_jax.train", "--model=cnn", "--batch_size=8",
                         "--num_steps=2", f"--data_dir={SAMPLE_DIR}", f"--tfds_data_dir={tfds_dir}", f"--workdir={wd}"],

@@ -3,7 +3,8 @@
 Each stage changes the width, so the shortcut is a 1x1 conv + BatchNorm (He et al. 2016,
 projection shortcut): 4% more FLOPs than `cnn` (1.585 vs 1.521 GFLOP per training image).
 The second BatchNorm's scale starts at zero (Goyal et al. 2017), so at initialisation every
-stage is its shortcut and the network starts shallow. Pooling, head, dropout and the saliency mark are those of `cnn`.
+stage is its shortcut and the network starts shallow. Pooling, head, dropout and the
+saliency mark are those of `cnn`.
 """
 
 from typing import Any
