@@ -7,7 +7,7 @@
 Absolute times on a shared machine drift; compare ratios taken in one run. The train step
 is timed as the trainer runs it (jitted, state donated, uint8 batch, on-device
 augmentation only with --augment), median over --steps after warm-up, synchronised with
-block_until_ready; FLOPs come from XLA's own cost analysis of the compiled step.
+block_until_ready; FLOPs come from XLA's own cost analysis of the step before optimisation.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from xray_jax import layers
-from xray_jax import trainer
+from xray_jax import learning
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,19 +53,36 @@ def _median_time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def matmul_ceiling(n: int = 2048, repeats: int = 10) -> float:
-  """GFLOP/s of an n x n float32 matmul through XLA on the default device."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def matmul_ceiling(n: int = 2048, dtype: str = "float32", repeats: int = 10) -> float:
+  """GFLOP/s of an n x n matmul in `dtype` through XLA on the default device (random data, never zeros)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   f = jax.jit(lambda a: a @ a)
   f(a).block_until_ready()
   return 2 * n**3 / _median_time(lambda: f(a), repeats) / 1e9
 
 
-def _flops(compiled) -> float | None:
-  cost = compiled.cost_analysis()
+def _flops(lowered) -> float | None:
+  """XLA's FLOP count of the program before optimisation: the model's FLOPs, the same on every backend.
+
+  The compiled program's count is not: on GPU it leaves out the convolutions that become
+  cuDNN calls (0.03 of refcnn's 1.36 GFLOP per image on an H100, benchmarks/RESULTS.md).
+  """
+  cost = lowered.cost_analysis()
   if isinstance(cost, list):
     cost = cost[0] if cost else {}
   return float(cost.get("flops", 0.0)) or None if cost else None
+
+
+def _model_flops(fn, *args) -> float | None:
+  """FLOPs of jitted `fn` on `args`, counted on the CPU where this backend gives no count.
+
+  (GPU plugins do not analyse a program before compiling it; the program is the same.)
+  """
+  flops = _flops(fn.lower(*args))
+  if flops is None and jax.default_backend() != "cpu":
+    cpu = jax.devices("cpu")[0]
+    flops = _flops(fn.lower(*jax.device_put(args, cpu)))
+  return flops
 
 
 def conv_kinds(model: nn.Module, image_size: int) -> str:
@@ -85,18 +102,21 @@ def conv_kinds(model: nn.Module, image_size: int) -> str:
 
 
 def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: bool, dtype: str) -> dict:
-  config = trainer.TrainConfig(model=name, image_size=image_size, batch_size=batch, dtype=dtype)
-  model = trainer.create_model(config)
-  state = trainer.create_train_state(config, model, jax.random.key(0), lambda _: 1e-3)
+  config = learning.TrainConfig(model=name, image_size=image_size, batch_size=batch, dtype=dtype)
+  model = learning.create_model(config)
+  state = learning.create_train_state(config, model, jax.random.key(0), lambda _: 1e-3)
   rng = np.random.default_rng(0)
   batch_np = {"image": rng.integers(0, 256, (batch, image_size, image_size, 1), dtype=np.uint8),
               "label": rng.integers(0, 2, batch).astype(np.int32)}
   device_batch = jax.device_put(batch_np)
-  step = jax.jit(functools.partial(trainer.train_step, class_weights=jnp.array([1.94, 0.67]),
+  step = jax.jit(functools.partial(learning.train_step, class_weights=jnp.array([1.94, 0.67]),
                                    augment_config=config.augment_config if augment else None),
                  donate_argnums=0)
   key = jax.random.key(1)
-  train_flops = _flops(step.lower(state, device_batch, key).compile())
+  train_flops = _model_flops(step, state, device_batch, key)
+  t = time.perf_counter()
+  step = step.lower(state, device_batch, key).compile()  # timed once here, then called: no second compilation
+  compile_s = time.perf_counter() - t
   holder = {"state": state}
 
   def one_step():
@@ -111,15 +131,17 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   faults_per_step = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
 
   infer_batch = jax.device_put(rng.integers(0, 256, (256, image_size, image_size, 1), dtype=np.uint8))
-  infer = jax.jit(trainer.eval_step)
-  infer_flops = _flops(infer.lower(holder["state"], infer_batch).compile())
+  infer_fn = jax.jit(learning.eval_step)
+  infer_flops = _model_flops(infer_fn, holder["state"], infer_batch)
+  infer = infer_fn.lower(holder["state"], infer_batch).compile()
   infer(holder["state"], infer_batch).block_until_ready()
   infer_s = _median_time(lambda: infer(holder["state"], infer_batch), 5)
   out = {"framework": "jax-flax", "version": f"jax {jax.__version__}", "model": name, "device": str(jax.devices()[0]),
-         "batch": batch, "params": trainer.param_count(state.params), "augment": augment, "dtype": dtype,
+         "device_kind": jax.devices()[0].device_kind,
+         "batch": batch, "params": learning.param_count(state.params), "augment": augment, "dtype": dtype,
          "conv": conv_kinds(model, image_size),
          "malloc": MALLOC, "train_page_faults_per_step": round(faults_per_step),
-         "train_img_per_s": round(batch / train_s, 1), "infer_img_per_s": round(256 / infer_s, 1)}
+         "train_compile_s": round(compile_s, 1), "train_img_per_s": round(batch / train_s, 1), "infer_img_per_s": round(256 / infer_s, 1)}
   if train_flops:
     out["train_gflop_per_image"] = round(train_flops / batch / 1e9, 3)
     out["train_gflop_per_s"] = round(train_flops / train_s / 1e9, 1)
@@ -211,19 +233,28 @@ def main():
                   help="read each file of --originals_dir this many times (copies), e.g. 20 for the 16 of val/")
   ap.add_argument("--compare", action="store_true", help="also run the Keras and PyTorch reference scripts")
   ap.add_argument("--bench_dir", default=os.path.join(REPO, "..", "shared", "bench"))
+  ap.add_argument("--matmul_size", type=int, default=2048,
+                  help="side of the square matmul that measures the ceiling, in the compute --dtype; "
+                  "2048 fills 2 CPU cores, a GPU needs about 8192")
+  ap.add_argument("--peak_tflops", type=float,
+                  help="the device's datasheet peak in the compute dtype (e.g. 989 for an H100 SXM in dense "
+                  "bfloat16): adds train_mfu, model FLOPs per second over this peak")
   ap.add_argument("--json", action="store_true", help="one JSON line per framework/model, nothing else")
   args = ap.parse_args()
 
   if args.plain_conv:
     layers.Conv = nn.Conv  # models look layers.Conv up when they are called
-  ceiling = matmul_ceiling()
+  ceiling = matmul_ceiling(args.matmul_size, args.dtype)
   rows = []
   for name in args.model or ["refcnn"]:
     row = bench_model(name, batch=args.batch, steps=args.steps, image_size=args.image_size, augment=args.augment,
                       dtype=args.dtype)
-    row["matmul_gflop_per_s"] = round(ceiling, 1)
+    row.update(matmul_gflop_per_s=round(ceiling, 1), matmul_size=args.matmul_size, matmul_dtype=args.dtype)
     if "train_gflop_per_s" in row:
       row["train_fraction_of_matmul"] = round(row["train_gflop_per_s"] / ceiling, 3)
+      if args.peak_tflops:
+        row["train_mfu"] = round(row["train_gflop_per_s"] / (args.peak_tflops * 1e3), 4)
+        row["infer_mfu"] = round(row.get("infer_gflop_per_s", 0.0) / (args.peak_tflops * 1e3), 4)
     row["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:

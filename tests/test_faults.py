@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, SAMPLE_DIR
 from xray_jax import checkpoints
 from xray_jax import evaluate
+from xray_jax import learning
 from xray_jax import trainer
 from xray_jax.errors import UsageError
 
@@ -23,7 +24,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
 def _config(tfds_dir, **kw):
   base = dict(model="cnn", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, image_size=32, batch_size=32,
               num_epochs=3, checkpoint_every_steps=3, log_every_steps=1)
-  return trainer.TrainConfig(**{**base, **kw})
+  return learning.TrainConfig(**{**base, **kw})
 
 
 def _cmd(config, workdir):
@@ -38,8 +39,8 @@ def _steps(workdir, kind=checkpoints.LATEST):
 
 def _final_digest(workdir, config):
   mngr = checkpoints.manager(workdir, checkpoints.LATEST, max_to_keep=2)
-  model = trainer.create_model(config)
-  like = trainer.create_train_state(config, model, __import__("jax").random.key(0), lambda _: 0.0)
+  model = learning.create_model(config)
+  like = learning.create_train_state(config, model, __import__("jax").random.key(0), lambda _: 0.0)
   state, meta = checkpoints.restore(mngr, mngr.latest_step(), like)
   return mngr.latest_step(), checkpoints.tree_digest(state.params), checkpoints.tree_digest(state)
 
@@ -101,7 +102,7 @@ def test_half_written_checkpoint_is_never_restored(uninterrupted, tmp_path, capl
   half = os.path.join(workdir, checkpoints.LATEST, f"{last + 100}.orbax-checkpoint-tmp-1234")
   shutil.copytree(os.path.join(workdir, checkpoints.LATEST, str(last)), half)
   os.remove(os.path.join(half, "state", "manifest.ocdbt"))
-  more = trainer.TrainConfig(**{**config.__dict__, "num_epochs": 4})
+  more = learning.TrainConfig(**{**config.__dict__, "num_epochs": 4})
   trainer.train_and_evaluate(more, workdir)
   assert _steps(workdir)[-1] == 32  # resumed from the complete checkpoint and went on
 

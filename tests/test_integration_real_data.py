@@ -8,6 +8,7 @@ import pytest
 from conftest import SHARED_DATA
 from xray_jax import evaluate
 from xray_jax import images
+from xray_jax import learning
 from xray_jax import trainer
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "train")),
@@ -36,7 +37,7 @@ def _subset(dst, per_class):
 def test_cnn_learns_real_xrays_and_evaluates_full_resolution_originals(tmp_path):
   data = _subset(str(tmp_path / "chest_xray"), per_class=250)
   workdir = str(tmp_path / "run")
-  config = trainer.TrainConfig(model="cnn", data_dir=data, tfds_data_dir=str(tmp_path / "tfds"), image_size=128,
+  config = learning.TrainConfig(model="cnn", data_dir=data, tfds_data_dir=str(tmp_path / "tfds"), image_size=128,
                                batch_size=32, num_epochs=6, log_every_steps=20)
   best = trainer.train_and_evaluate(config, workdir)
   report = evaluate.evaluate_workdir(workdir, split="validation")

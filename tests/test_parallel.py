@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, SAMPLE_DIR
 from xray_jax import checkpoints
 from xray_jax import evaluate
+from xray_jax import learning
 from xray_jax import parallel
 from xray_jax import trainer
 from xray_jax.errors import UsageError
@@ -32,7 +33,7 @@ def _restore_here(workdir):
   """Restores a run's final state into this single-device process."""
   config = trainer.load_config(workdir)
   mngr = checkpoints.manager(workdir, checkpoints.LATEST, max_to_keep=2)
-  like = trainer.create_train_state(config, trainer.create_model(config), jax.random.key(0), lambda _: 0.0)
+  like = learning.create_train_state(config, learning.create_model(config), jax.random.key(0), lambda _: 0.0)
   state, _ = checkpoints.restore(mngr, mngr.latest_step(), like)
   return state
 
@@ -66,17 +67,17 @@ def test_two_devices_match_one_device(prepared_sample, tmp_path):
 
 ONE_STEP = """
 import functools, jax, jax.numpy as jnp, numpy as np
-from xray_jax import models, parallel, trainer
+from xray_jax import learning, models, parallel
 assert jax.device_count() == 2
-config = trainer.TrainConfig(model="cnn", image_size=32)
-state = trainer.create_train_state(config, models.get_model("cnn"), jax.random.key(0), lambda _: 1e-3)
+config = learning.TrainConfig(model="cnn", image_size=32)
+state = learning.create_train_state(config, models.get_model("cnn"), jax.random.key(0), lambda _: 1e-3)
 rng = np.random.default_rng(0)
 batch = {"image": rng.integers(0, 256, (8, 32, 32, 1), dtype=np.uint8), "label": np.array([0, 1] * 4, np.int32)}
 out = {}
 for n in (1, 2):
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:n]).reshape(-1, 1), ("data", "model"))
   repl = parallel.replicated(mesh)
-  step = jax.jit(functools.partial(trainer.train_step, class_weights=jnp.ones(2),
+  step = jax.jit(functools.partial(learning.train_step, class_weights=jnp.ones(2),
                                    augment_config=config.augment_config),
                  in_shardings=(repl, parallel.batch_sharded(mesh), repl), out_shardings=(repl, repl))
   new, m = step(parallel.replicate(state, mesh), parallel.put_global_batch(batch, mesh), jax.random.key(1))

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from xray_jax import learning
 from xray_jax import models
 from xray_jax import saliency
-from xray_jax import trainer
 
 SIZE = 64
 REGION = (slice(16, 32), slice(16, 32))  # one Grad-CAM cell of the CNN at 64 px: 6% of the image
@@ -26,15 +26,15 @@ def _synthetic(n, seed):
 
 @functools.lru_cache(maxsize=None)
 def _trained(model_name):
-  config = trainer.TrainConfig(model=model_name, image_size=SIZE)
+  config = learning.TrainConfig(model=model_name, image_size=SIZE)
   model = models.get_model(model_name)
-  state = trainer.create_train_state(config, model, jax.random.key(0), lambda _: 1e-3)
-  step = jax.jit(functools.partial(trainer.train_step, class_weights=jnp.ones(2), augment_config=None))
+  state = learning.create_train_state(config, model, jax.random.key(0), lambda _: 1e-3)
+  step = jax.jit(functools.partial(learning.train_step, class_weights=jnp.ones(2), augment_config=None))
   for i in range(80):
     x, y = _synthetic(32, i)
     state, _ = step(state, {"image": x, "label": y}, jax.random.key(1))
   x, y = _synthetic(200, 999)
-  acc = float(np.mean(np.asarray(trainer.eval_step(state, jnp.asarray(x))).argmax(1) == y))
+  acc = float(np.mean(np.asarray(learning.eval_step(state, jnp.asarray(x))).argmax(1) == y))
   assert acc > 0.95, f"{model_name} did not learn the synthetic task ({acc:.2f})"
   return model, {"params": state.params, "batch_stats": state.batch_stats}
 

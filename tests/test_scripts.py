@@ -59,6 +59,30 @@ def test_benchmark_prints_the_shared_scripts_fields_and_the_pipeline_and_origina
   assert row["conv"] == "none"  # the mlp has no convolution to report
 
 
+# Run as a user runs it, but with these packages unimportable, as on a GPU image without TensorFlow.
+_WITHOUT_TF = """
+import runpy, sys
+class Block:
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in ("tensorflow", "tensorflow_datasets", "orbax"):
+      raise ImportError("no " + name + " here")
+sys.meta_path.insert(0, Block())
+sys.argv = ["benchmark.py"] + sys.argv[1:]
+runpy.run_path("scripts/benchmark.py", run_name="__main__")
+"""
+
+
+def test_benchmark_times_the_step_without_tensorflow_and_reports_mfu():
+  r = subprocess.run([sys.executable, "-c", _WITHOUT_TF, "--model=mlp", "--batch=2", "--steps=2",
+                      "--matmul_size=64", "--peak_tflops=1", "--dtype=bfloat16", "--json"],
+                     cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  row = json.loads(r.stdout.splitlines()[-1])
+  assert row["dtype"] == row["matmul_dtype"] == "bfloat16" and row["matmul_size"] == 64
+  # MFU is the step's GFLOP/s over the peak given (1 TFLOP/s here).
+  assert row["train_mfu"] == round(row["train_gflop_per_s"] / 1e3, 4) > 0
+
+
 def test_benchmark_reports_the_convolution_each_model_really_builds():
   import importlib.util  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top

@@ -12,15 +12,16 @@ import pytest
 from conftest import SAMPLE_DIR
 from xray_jax import checkpoints
 from xray_jax import evaluate
+from xray_jax import learning
 from xray_jax import models
 from xray_jax import trainer
 from xray_jax.errors import UsageError
 
 
 def _state(model_name="refcnn", size=32):
-  config = trainer.TrainConfig(model=model_name, image_size=size)
+  config = learning.TrainConfig(model=model_name, image_size=size)
   model = models.get_model(model_name)
-  return config, trainer.create_train_state(config, model, jax.random.key(0), lambda s: 1e-3)
+  return config, learning.create_train_state(config, model, jax.random.key(0), lambda s: 1e-3)
 
 
 def _batch(size=32, n=8):
@@ -32,7 +33,7 @@ def _batch(size=32, n=8):
 def test_train_step_without_augmentation_sees_the_raw_images():
   _, state = _state()
   batch, w = _batch(), jnp.array([1.5, 0.5])
-  step = jax.jit(functools.partial(trainer.train_step, class_weights=w, augment_config=None))
+  step = jax.jit(functools.partial(learning.train_step, class_weights=w, augment_config=None))
   _, m = step(state, batch, jax.random.key(1))
   logits, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                              batch["image"] / 255.0, train=True, mutable=["batch_stats"])
@@ -43,7 +44,7 @@ def test_train_step_without_augmentation_sees_the_raw_images():
 
 def test_train_step_is_pure_and_reproducible():
   config, state = _state()
-  step = jax.jit(functools.partial(trainer.train_step, class_weights=jnp.ones(2),
+  step = jax.jit(functools.partial(learning.train_step, class_weights=jnp.ones(2),
                                    augment_config=config.augment_config))
   s1, m1 = step(state, _batch(), jax.random.key(1))
   s2, m2 = step(state, _batch(), jax.random.key(1))
@@ -57,9 +58,9 @@ def test_train_step_is_pure_and_reproducible():
 def test_mixup_is_off_by_default_and_changes_the_step_when_on():
   config, state = _state()
   kw = dict(class_weights=jnp.ones(2), augment_config=config.augment_config)
-  plain = jax.jit(functools.partial(trainer.train_step, **kw))
-  off = jax.jit(functools.partial(trainer.train_step, **kw, mixup_alpha=0.0))
-  on = jax.jit(functools.partial(trainer.train_step, **kw, mixup_alpha=0.4))
+  plain = jax.jit(functools.partial(learning.train_step, **kw))
+  off = jax.jit(functools.partial(learning.train_step, **kw, mixup_alpha=0.0))
+  on = jax.jit(functools.partial(learning.train_step, **kw, mixup_alpha=0.4))
   _, m_plain = plain(state, _batch(), jax.random.key(1))
   _, m_off = off(state, _batch(), jax.random.key(1))
   s_on, m_on = on(state, _batch(), jax.random.key(1))
@@ -72,7 +73,7 @@ def test_mixup_is_off_by_default_and_changes_the_step_when_on():
 def test_eval_step_never_augments():
   _, state = _state()
   batch = _batch()
-  probs = trainer.eval_step(state, jnp.asarray(batch["image"]))
+  probs = learning.eval_step(state, jnp.asarray(batch["image"]))
   logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, batch["image"] / 255.0,
                           train=False)
   np.testing.assert_allclose(probs, jax.nn.softmax(logits), rtol=1e-5, atol=1e-6)
@@ -93,7 +94,7 @@ def trained(prepared_sample, tmp_path_factory):
   """A few real training steps on the sample: 2 epochs of the CNN at 64x64."""
   _, tfds_dir = prepared_sample
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = trainer.TrainConfig(model="cnn", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, image_size=64,
+  config = learning.TrainConfig(model="cnn", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, image_size=64,
                                batch_size=32, num_epochs=2, log_every_steps=2)
   best = trainer.train_and_evaluate(config, workdir)
   return config, workdir, best
@@ -122,7 +123,7 @@ def test_rerunning_a_finished_run_resumes_and_does_nothing(trained):
 
 def test_workdir_with_another_model_is_refused(trained):
   config, workdir, _ = trained
-  other = trainer.TrainConfig(**{**config.__dict__, "model": "mlp"})
+  other = learning.TrainConfig(**{**config.__dict__, "model": "mlp"})
   with pytest.raises(UsageError, match="different setup.*model: 'cnn' there, 'mlp' now.*--overwrite"):
     trainer.train_and_evaluate(other, workdir)
 
@@ -183,7 +184,7 @@ def test_evaluate_needs_a_checkpoint(tmp_path):
 def test_divergence_stops_with_step_files_and_hint_and_keeps_the_last_checkpoint(prepared_sample, tmp_path):
   _, tfds_dir = prepared_sample
   # An absurd learning rate makes the MLP's logits overflow on its second step.
-  config = trainer.TrainConfig(model="mlp", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, image_size=32,
+  config = learning.TrainConfig(model="mlp", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, image_size=32,
                                batch_size=16, num_steps=5, learning_rate=1e30, warmup_epochs=0,
                                checkpoint_every_steps=1)
   with pytest.raises(FloatingPointError, match=r"diverged at step 2: .*batch files: train/.*\.jpeg.*--learning_rate"):
@@ -193,7 +194,7 @@ def test_divergence_stops_with_step_files_and_hint_and_keeps_the_last_checkpoint
 
 def test_batch_larger_than_the_train_split_is_refused(prepared_sample, tmp_path):
   _, tfds_dir = prepared_sample
-  config = trainer.TrainConfig(model="mlp", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, batch_size=100_000)
+  config = learning.TrainConfig(model="mlp", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, batch_size=100_000)
   with pytest.raises(UsageError, match=r"--batch_size=100000 is larger than the train split \(\d+ images\)"):
     trainer.train_and_evaluate(config, str(tmp_path))
 
@@ -292,7 +293,7 @@ def _csv_probs(workdir: str, name: str) -> np.ndarray:
 def test_ensemble_of_runs_with_different_image_sizes_is_refused(trained, prepared_sample, tmp_path):
   _, tfds_dir = prepared_sample
   config, workdir, _ = trained
-  other = trainer.TrainConfig(model="cnn", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, image_size=32,
+  other = learning.TrainConfig(model="cnn", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, image_size=32,
                               batch_size=32, num_steps=1)
   trainer.train_and_evaluate(other, str(tmp_path))
   with pytest.raises(UsageError, match="an ensemble needs one image size"):

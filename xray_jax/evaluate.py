@@ -28,10 +28,11 @@ from xray_jax import calibration
 from xray_jax import checkpoints
 from xray_jax import chest_xray
 from xray_jax import cli
+from xray_jax import images
 from xray_jax import input_pipeline
+from xray_jax import learning
 from xray_jax import metrics
 from xray_jax import parallel
-from xray_jax import images
 from xray_jax import reports
 from xray_jax import saliency
 from xray_jax import stress
@@ -67,15 +68,15 @@ def define_flags() -> None:
   flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples (of patients) for the 95% intervals.")
 
 
-def restore_for_eval(workdir: str, which: str) -> tuple[trainer.TrainConfig, trainer.TrainState, dict[str, Any]]:
+def restore_for_eval(workdir: str, which: str) -> tuple[learning.TrainConfig, learning.TrainState, dict[str, Any]]:
   config = trainer.load_config(workdir)
   mngr = checkpoints.manager(workdir, checkpoints.BEST if which == "best" else checkpoints.LATEST, max_to_keep=1)
   step = mngr.latest_step()
   if step is None:
     raise UsageError(f"--workdir={workdir} has no {which} checkpoint in {mngr.directory}. Train first, or let "
                      "the run reach its first epoch end.")
-  model = trainer.create_model(config)
-  state = trainer.create_train_state(config, model, jax.random.key(0), lambda _: 0.0)
+  model = learning.create_model(config)
+  state = learning.create_train_state(config, model, jax.random.key(0), lambda _: 0.0)
   try:
     state, meta = checkpoints.restore(mngr, step, state)
   except checkpoints.CheckpointDamagedError as e:
@@ -90,7 +91,7 @@ def restore_for_eval(workdir: str, which: str) -> tuple[trainer.TrainConfig, tra
 class Predictor:
   """What a report scores: one checkpoint's probabilities, or their mean over several runs
   (an ensemble), each optionally averaged over test-time views."""
-  members: list[tuple[trainer.TrainConfig, trainer.TrainState]]
+  members: list[tuple[learning.TrainConfig, learning.TrainState]]
   batch_size: int
   tta: bool = False
 
@@ -302,7 +303,7 @@ def stress_report(unshifted: trainer.Predictions, shifted: dict[str, np.ndarray]
           "mean": aggregate(rows, keys, np.mean), "worst": aggregate(rows, keys, np.min), "threshold_rules": rules}
 
 
-def write_mistake_maps(config: trainer.TrainConfig, state: trainer.TrainState, ds, preds: trainer.Predictions,
+def write_mistake_maps(config: learning.TrainConfig, state: learning.TrainState, ds, preds: trainer.Predictions,
                        threshold: float, k: int, path: str) -> dict[str, Any] | None:
   """A page of saliency overlays for the k most confident mistakes at the chosen threshold."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -319,7 +320,7 @@ def write_mistake_maps(config: trainer.TrainConfig, state: trainer.TrainState, d
     name = ex["file_name"].decode()
     if name in wanted:
       pixels[name] = ex["image"]
-  model = trainer.create_model(config)
+  model = learning.create_model(config)
   method = saliency.default_method(model, config.image_size)
   names = [preds.file_names[i] for i in chosen]
   x = jnp.asarray(np.stack([pixels[n] for n in names]), jnp.float32) / 255.0

@@ -16,12 +16,18 @@ compiler 15-40% slower (seconds per run; the test suite, which mostly compiles, 
 The entry points (train, evaluate, predict, scripts/benchmark.py) call `keep_freed_memory()`
 before they import jax or TensorFlow, as glibc fixes the number of arenas when the first
 threads allocate. `XRAY_JAX_MALLOC=default` in the environment leaves malloc as it is.
+
+Where an accelerator is visible (a /dev/nvidia* or /dev/accel* device, and JAX_PLATFORMS
+not set to cpu) malloc is left alone too: the step then runs on the device, and on a
+16-core GPU host the single arena made XLA's compiler 4.5x slower for the same images/s
+(benchmarks/RESULTS.md, "GPU"). `XRAY_JAX_MALLOC=keep_freed` applies it anyway.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import glob
 import os
 
 # mallopt parameters, from glibc's <malloc.h>.
@@ -32,13 +38,23 @@ _NEVER_TRIM = -1  # mallopt(3): -1 disables trimming
 OPT_OUT = "XRAY_JAX_MALLOC"
 
 
+def accelerator_visible() -> bool:
+  """Whether jax will likely run on a GPU or TPU here, judged without importing it."""
+  platforms = os.environ.get("JAX_PLATFORMS", "").lower()
+  if platforms and all(p.strip() == "cpu" for p in platforms.split(",")):
+    return False
+  return bool(glob.glob("/dev/nvidia[0-9]*") or glob.glob("/dev/accel[0-9]*"))
+
+
 def keep_freed_memory() -> bool:
   """Set glibc's malloc to one arena, no mmap and no trimming; True if it was applied.
 
-  False (and nothing changes) under `XRAY_JAX_MALLOC=default` or on C libraries without
-  glibc's `mallopt` (macOS, musl). Process-wide; call once, before importing jax.
+  False (and nothing changes) under `XRAY_JAX_MALLOC=default`, where an accelerator is
+  visible (unless `XRAY_JAX_MALLOC=keep_freed`), or on C libraries without glibc's
+  `mallopt` (macOS, musl). Process-wide; call once, before importing jax.
   """
-  if os.environ.get(OPT_OUT, "").lower() == "default":
+  choice = os.environ.get(OPT_OUT, "").lower()
+  if choice == "default" or (choice != "keep_freed" and accelerator_visible()):
     return False
   try:
     mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt

@@ -31,8 +31,8 @@ from xray_jax import chest_xray
 from xray_jax import cli
 from xray_jax import images
 from xray_jax import input_pipeline
+from xray_jax import learning
 from xray_jax import saliency
-from xray_jax import trainer
 from xray_jax.errors import UsageError
 
 FLAGS = flags.FLAGS
@@ -80,7 +80,7 @@ def predict_files(workdir: str, paths: list[str], *, output_dir: str | None = No
   if threshold is None:
     logging.warning("The %s checkpoint has no chosen threshold; labelling at 0.5.", checkpoint)
     threshold = 0.5
-  model = trainer.create_model(config)
+  model = learning.create_model(config)
   method = saliency.default_method(model, config.image_size) if method == "auto" else method
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   probs_fn = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False))[:, 1])

@@ -17,10 +17,11 @@ from absl import flags
 from xray_jax import augment
 from xray_jax import cli
 from xray_jax import evaluate
+from xray_jax import learning
 from xray_jax import parallel
 from xray_jax import trainer
 
-_D = trainer.TrainConfig()
+_D = learning.TrainConfig()
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", _D.model, "Model name: a file in xray_jax/models/ (cnn, mlp, refcnn, ...).")
 flags.DEFINE_string("data_dir", None, "Folder of the Kaggle download holding train/ (and val/, test/). "
@@ -69,13 +70,13 @@ flags.DEFINE_enum("best_metric", _D.best_metric, ["roc_auc", "loss", "accuracy"]
                   "Validation metric that picks the best checkpoint.")
 
 
-def config_from_flags() -> trainer.TrainConfig:
-  names = {f.name for f in dataclasses.fields(trainer.TrainConfig)} - {"augment_config", "num_classes"}
+def config_from_flags() -> learning.TrainConfig:
+  names = {f.name for f in dataclasses.fields(learning.TrainConfig)} - {"augment_config", "num_classes"}
   aug = augment.AugmentConfig(
       rotate_deg=FLAGS.aug_rotate_deg, scale=FLAGS.aug_scale, shift=FLAGS.aug_shift,
       brightness=FLAGS.aug_brightness, contrast=FLAGS.aug_contrast, gamma=FLAGS.aug_gamma,
       blur=FLAGS.aug_blur, noise=FLAGS.aug_noise)
-  return trainer.TrainConfig(augment_config=aug, **{n: FLAGS[n].value for n in names})
+  return learning.TrainConfig(augment_config=aug, **{n: FLAGS[n].value for n in names})
 
 
 def main(argv: list[str]) -> None:

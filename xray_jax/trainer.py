@@ -1,4 +1,4 @@
-"""The training library: state, one pure train step, evaluation, and the resumable loop."""
+"""The training library: evaluation over a mesh, the workdir, and the resumable loop over learning.py's steps."""
 
 from __future__ import annotations
 
@@ -12,18 +12,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from absl import logging
-import flax.linen as nn
-from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import tensorflow as tf
 
-from xray_jax import augment as augment_lib
 from xray_jax import checkpoints
 from xray_jax import chest_xray
 from xray_jax import input_pipeline
+from xray_jax import learning
 from xray_jax import losses
 from xray_jax import metrics
 from xray_jax import models
@@ -46,138 +43,10 @@ THRESHOLD_RULES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  model: str = "cnn"
-  data_dir: str | None = None
-  tfds_data_dir: str | None = None
-  image_size: int = 128
-  num_classes: int = 2
-  batch_size: int = 32
-  eval_batch_size: int = 128
-  num_epochs: int = 10
-  num_steps: int = 0  # > 0: stop after this many steps instead (quick checks)
-  learning_rate: float = 1e-3
-  warmup_epochs: float = 1.0
-  weight_decay: float = 1e-4
-  label_smoothing: float = 0.0
-  mixup_alpha: float = 0.0  # > 0: mixup with lam ~ Beta(alpha, alpha) (augment.mixup)
-  augment: bool = True
-  augment_config: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
-  seed: int = 0
-  log_every_steps: int = 50
-  checkpoint_every_steps: int = 500
-  best_metric: str = "roc_auc"  # roc_auc | loss | accuracy, on the validation split
-  dtype: str = "float32"  # compute dtype of the model; parameters and optimizer stay float32
-  threshold_rule: str = "validation"  # evaluate's default way to pick the threshold: a key of THRESHOLD_RULES
-
-  def to_json(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_json(cls, d: dict[str, Any]) -> "TrainConfig":
-    d = dict(d)
-    d["augment_config"] = augment_lib.AugmentConfig(**d.get("augment_config", {}))
-    return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
-
-
-class TrainState(train_state.TrainState):
-  batch_stats: Any = None
-
-
-def create_model(config: TrainConfig) -> nn.Module:
-  return models.get_model(config.model, num_classes=config.num_classes, dtype=config.dtype)
-
-
-def create_learning_rate_fn(config: TrainConfig, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
-  """Linear warm-up to --learning_rate, then cosine decay to zero at the last step."""
-  warmup = min(int(config.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
-  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps=warmup,
-                                            decay_steps=max(total_steps, warmup + 1), end_value=0.0)
-
-
-def create_train_state(config: TrainConfig, model: nn.Module, rng: jax.Array,
-                       learning_rate_fn: optax.Schedule) -> TrainState:
-  dummy = jnp.zeros((1, config.image_size, config.image_size, 1), jnp.float32)
-  try:
-    variables = jax.jit(functools.partial(model.init, train=False))(rng, dummy)
-  except Exception as e:  # e.g. shapes the architecture cannot pool down
-    raise UsageError(f"--model={config.model} cannot take --image_size={config.image_size}: {e}") from e
-  tx = optax.adamw(learning_rate_fn, weight_decay=config.weight_decay)
-  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                            batch_stats=variables.get("batch_stats", {}))
-  # An int32 array, as every step after the first makes it: one dtype in every checkpoint.
-  return state.replace(step=jnp.zeros((), jnp.int32))
-
-
-def param_count(params: Any) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
-def _global_norm(tree: Any) -> jnp.ndarray:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
-
-
-def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array, *,
-               class_weights: jnp.ndarray, augment_config: augment_lib.AugmentConfig | None,
-               label_smoothing: float = 0.0, mixup_alpha: float = 0.0
-               ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
-  """One optimizer step on uint8 images; augmentation and dropout keyed by (rng, step).
-
-  With mixup the per-example outputs (train metrics) are those of the mixed images,
-  scored against each image's own label, which keeps the larger share of the blend.
-  """
-  step_rng = jax.random.fold_in(rng, state.step)
-  aug_rng, dropout_rng = jax.random.split(step_rng)
-  images = batch["image"].astype(jnp.float32) / 255.0
-  if augment_config is not None:
-    images = augment_lib.augment_batch(aug_rng, images, augment_config)
-  labels = batch["label"]
-  mix = None
-  if mixup_alpha > 0:  # its own key, so runs without mixup draw the same numbers as before
-    images, partner, lam = augment_lib.mixup(jax.random.fold_in(step_rng, 2), images, mixup_alpha)
-    mix = (labels[partner], lam)
-
-  def loss_fn(params):
-    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images, train=True,
-                                     rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-    logits = logits.astype(jnp.float32)  # the loss in float32 whatever the compute dtype
-    loss = losses.weighted_softmax_xent(logits=logits, labels=labels, class_weights=class_weights,
-                                        label_smoothing=label_smoothing, mixup=mix)
-    return loss, (logits, updates)
-
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
-  probs = jax.nn.softmax(logits)
-  step_metrics = {
-      "loss": loss,
-      "grad_norm": _global_norm(grads),
-      "param_norm": _global_norm(state.params),
-      # Per-example outputs: the host needs them for the epoch's ROC AUC.
-      "prob": probs[:, 1],
-      "nll": -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0] + 1e-12),
-      "label": labels,
-  }
-  return state, step_metrics
-
-
-def eval_step(state: TrainState, images: jnp.ndarray, tta: bool = False) -> jnp.ndarray:
-  """Class probabilities in inference mode (running BatchNorm statistics, no dropout).
-
-  With `tta`, the mean of the probabilities over augment.TTA_VIEWS of each image.
-  """
-  x = images.astype(jnp.float32) / 255.0
-  views = augment_lib.TTA_VIEWS if tta else ((1.0, 0.0, 0.0),)
-  probs = [jax.nn.softmax(state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                                         augment_lib.tta_view(x, v), train=False).astype(jnp.float32))
-           for v in views]
-  return sum(probs) / len(probs)
-
-
 @functools.lru_cache(maxsize=None)
 def _jitted_eval_step(mesh: jax.sharding.Mesh, tta: bool):
   repl = parallel.replicated(mesh)
-  return jax.jit(functools.partial(eval_step, tta=tta), in_shardings=(repl, parallel.batch_sharded(mesh)),
+  return jax.jit(functools.partial(learning.eval_step, tta=tta), in_shardings=(repl, parallel.batch_sharded(mesh)),
                  out_shardings=repl)
 
 
@@ -192,7 +61,7 @@ class Predictions:
     return metrics.binary_nll(self.labels, self.probs)
 
 
-def predict(state: TrainState, batches: Iterable[input_pipeline.Batch],
+def predict(state: learning.TrainState, batches: Iterable[input_pipeline.Batch],
             mesh: jax.sharding.Mesh | None = None, *, tta: bool = False) -> Predictions:
   """Runs masked eval batches split over the mesh; every real example appears once.
 
@@ -223,7 +92,7 @@ def is_better(candidate: dict[str, float], best: dict[str, float] | None, metric
   return not np.isnan(c[0]) and (np.isnan(b[0]) or c > b)
 
 
-def prepare_workdir(config: TrainConfig, workdir: str, overwrite: bool) -> None:
+def prepare_workdir(config: learning.TrainConfig, workdir: str, overwrite: bool) -> None:
   """Writes config.json, or checks that an existing run is one this config can resume."""
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(path) and overwrite:
@@ -264,13 +133,13 @@ def check_disk_space(workdir: str, state: Any) -> None:
                      f"{need / 2**20:.0f} MiB. Free some space or pass a --workdir on another disk.")
 
 
-def load_config(workdir: str) -> TrainConfig:
+def load_config(workdir: str) -> learning.TrainConfig:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise UsageError(f"--workdir={workdir} holds no {CONFIG_FILE}: it is not a training run's workdir. "
                      "Train first with `python -m xray_jax.train --workdir=...`.")
   with open(path) as f:
-    return TrainConfig.from_json(json.load(f))
+    return learning.TrainConfig.from_json(json.load(f))
 
 
 class MetricsLog:
@@ -322,7 +191,7 @@ class TrainingData:
   class_weights: np.ndarray
 
 
-def load_training_data(config: TrainConfig, workdir: str, overwrite: bool) -> TrainingData:
+def load_training_data(config: learning.TrainConfig, workdir: str, overwrite: bool) -> TrainingData:
   """Prepares (process 0) or loads the data and the workdir, checks the batch, logs the split."""
   load = functools.partial(chest_xray.load_builder, data_dir=config.data_dir,
                            tfds_data_dir=config.tfds_data_dir, image_size=config.image_size)
@@ -350,7 +219,7 @@ def load_training_data(config: TrainConfig, workdir: str, overwrite: bool) -> Tr
   return TrainingData(builder, n_train, n_val, weights)
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = False) -> dict[str, Any]:
+def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite: bool = False) -> dict[str, Any]:
   """Trains (resuming from the workdir's last checkpoint), keeps the best, returns its metrics."""
   models.get_model(config.model)  # fail fast on an unknown name, before any data work
   if config.best_metric not in ("roc_auc", "loss", "accuracy"):
@@ -364,10 +233,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = F
   total_steps = config.num_steps or config.num_epochs * steps_per_epoch
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
-  model = create_model(config)
-  learning_rate_fn = create_learning_rate_fn(config, total_steps, steps_per_epoch)
-  state = create_train_state(config, model, init_rng, learning_rate_fn)
-  logging.info("Model %s: %s parameters", config.model, f"{param_count(state.params):,}")
+  model = learning.create_model(config)
+  learning_rate_fn = learning.create_learning_rate_fn(config, total_steps, steps_per_epoch)
+  state = learning.create_train_state(config, model, init_rng, learning_rate_fn)
+  logging.info("Model %s: %s parameters", config.model, f"{learning.param_count(state.params):,}")
   check_disk_space(workdir, state)
   logging.info("Mesh %s over %d device(s) in %d process(es); global batch %d, %d per device.",
                dict(mesh.shape), mesh.size, jax.process_count(), config.batch_size, config.batch_size // mesh.size)
@@ -391,7 +260,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, overwrite: bool = F
   state = parallel.replicate(state, mesh)
   repl = parallel.replicated(mesh)
   step_fn = jax.jit(functools.partial(
-      train_step, class_weights=jnp.asarray(weights),
+      learning.train_step, class_weights=jnp.asarray(weights),
       augment_config=config.augment_config if config.augment else None,
       label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha),
       in_shardings=(repl, parallel.batch_sharded(mesh), repl), out_shardings=(repl, repl), donate_argnums=0)
