@@ -1,4 +1,7 @@
-"""Every fast layer in xray_jax/layers.py equals the library op it replaces, in values and gradients."""
+"""Every fast layer in xray_jax/layers.py equals the library op it replaces, in values and gradients.
+
+The one exception, pinned down below: max_pool_2x2 splits the gradient of tied maxima.
+"""
 
 import flax.linen as nn
 import jax
@@ -18,6 +21,24 @@ def test_fast_max_pool_equals_flax_max_pool_in_values_and_gradients(shape):
   g = jax.random.normal(jax.random.key(1), ref(x).shape)
   grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * g))(x)
   np.testing.assert_array_equal(grad(layers.max_pool_2x2), grad(ref))
+
+
+def test_fast_max_pool_splits_the_gradient_of_tied_maxima():
+  # Whole numbers through a ReLU: many windows tie, at zero and above.
+  x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.key(0), (2, 8, 8, 3))))
+  ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(layers.max_pool_2x2(x), ref(x))
+  g = jax.random.normal(jax.random.key(1), ref(x).shape)
+  fast, lib = (jax.grad(lambda x: jnp.sum(f(x) * g))(x).reshape(2, 4, 2, 4, 2, 3) for f in (layers.max_pool_2x2, ref))
+  windows = x.reshape(2, 4, 2, 4, 2, 3)
+  tied = (windows == ref(x)[:, :, None, :, None]).sum(axis=(2, 4))
+  assert (tied > 1).any() and (tied == 1).any()
+  # Each window passes on the same total; nn.max_pool gives it to one element, this splits it.
+  np.testing.assert_allclose(fast.sum(axis=(2, 4)), lib.sum(axis=(2, 4)), rtol=1e-6, atol=1e-6)
+  assert ((lib != 0).sum(axis=(2, 4)) == 1).all()
+  is_max = windows == ref(x)[:, :, None, :, None]
+  share = (g / tied)[:, :, None, :, None]
+  np.testing.assert_allclose(fast, jnp.where(is_max, share, 0), rtol=1e-6)
 
 
 def _value_and_grads(conv, x, k, **kwargs):

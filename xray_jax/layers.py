@@ -11,9 +11,16 @@ import jax.numpy as jnp
 def max_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   """2x2 max-pool, stride 2, as a reshape and a max.
 
-  Equal in values and gradients to `nn.max_pool(x, (2, 2), strides=(2, 2))` on even
-  sizes (odd trailing rows/columns are dropped, as VALID pooling does), but XLA's CPU
-  backend runs it several times faster than its generic reduce_window.
+  Equal in values to `nn.max_pool(x, (2, 2), strides=(2, 2))` (odd trailing rows/columns
+  are dropped, as VALID pooling does), and in gradients wherever a window's maximum is
+  unique; XLA's CPU backend runs it several times faster than its generic reduce_window.
+  Where several elements tie for the maximum, jnp.max's gradient splits a window's
+  gradient equally among them and nn.max_pool's gives it all to the first: both are
+  subgradients, with the same sum per window. After Conv -> BatchNorm -> ReLU this
+  happens in uniform image regions (about 2% of the first pool's windows on real X-rays
+  in training mode; ties at zero, 30-50%, get no gradient through the ReLU either way).
+  A custom gradient that picks the first was 5% slower per `refcnn` step and would change
+  the recorded runs, so the split stays (benchmarks/RESULTS.md).
   """
   b, h, w, c = x_BxHxWxC.shape
   x = x_BxHxWxC[:, : h // 2 * 2, : w // 2 * 2, :]

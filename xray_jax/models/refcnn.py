@@ -29,6 +29,6 @@ class Model(nn.Module):
       x = nn.relu(x)
       if i == len(self.widths) - 1:
         x = saliency.mark_features(self, x)  # the last conv block, for Grad-CAM
-      x = layers.max_pool_2x2(x)  # same values as nn.max_pool 2x2, faster on CPU (tests prove it)
+      x = layers.max_pool_2x2(x)  # nn.max_pool 2x2's values, faster on CPU (see its docstring)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
