@@ -10,7 +10,7 @@ from xray_jax import models
 from xray_jax.errors import UsageError
 
 # Pinned so that an accidental architecture change shows up as a failing test.
-PARAM_COUNTS = {"cnn": 1_179_986, "cnn_narrow": 664_238, "cnn_res": 1_224_514, "mlp": 8_455_042, "refcnn": 389_314}
+PARAM_COUNTS = {"cnn": 1_179_986, "cnn_gn": 1_179_986, "cnn_narrow": 664_238, "cnn_res": 1_224_514, "mlp": 8_455_042, "refcnn": 389_314}
 
 
 def _init(model, size=128):
@@ -49,7 +49,7 @@ def test_jit_and_eager_agree(name):
 
 
 def test_unknown_model_lists_known_ones():
-  with pytest.raises(UsageError, match="known models: cnn, cnn_narrow, cnn_res, mlp, refcnn"):
+  with pytest.raises(UsageError, match="known models: cnn, cnn_gn, cnn_narrow, cnn_res, mlp, refcnn"):
     models.get_model("resnet9000")
 
 
@@ -125,3 +125,19 @@ def test_cnn_res_stage_starts_as_its_shortcut_then_adds_the_conv_branch():
 def test_cnn_rejects_image_size_it_cannot_pool():
   with pytest.raises(ValueError, match="divisible by 32"):
     _init(models.get_model("cnn"), 100)
+
+
+def test_cnn_gn_normalises_each_image_by_itself():
+  model = models.get_model("cnn_gn")
+  variables = _init(model, 64)
+  assert set(variables) == {"params"}  # no running statistics
+  a, b, c = (jax.random.uniform(jax.random.key(i), (1, 64, 64, 1)) for i in range(3))
+  for train in (False, True):  # unlike BatchNorm, training mode too: the batch's other images do not matter
+    out = [model.apply(variables, jnp.concatenate([a, other]), train=train, rngs={"dropout": jax.random.key(5)})[0]
+           for other in (b, c)]
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-5, atol=1e-6)
+  bn = models.get_model("cnn")
+  bn_vars = _init(bn, 64)
+  out = [bn.apply(bn_vars, jnp.concatenate([a, other]), train=True, mutable=["batch_stats"],
+                  rngs={"dropout": jax.random.key(5)})[0][0] for other in (b, c)]
+  assert not np.allclose(out[0], out[1], rtol=1e-5, atol=1e-6)  # the contrast that makes the test mean something
