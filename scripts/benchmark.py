@@ -141,7 +141,8 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
          "batch": batch, "params": learning.param_count(state.params), "augment": augment, "dtype": dtype,
          "conv": conv_kinds(model, image_size),
          "malloc": MALLOC, "train_page_faults_per_step": round(faults_per_step),
-         "train_compile_s": round(compile_s, 1), "train_img_per_s": round(batch / train_s, 1), "infer_img_per_s": round(256 / infer_s, 1)}
+         "train_compile_s": round(compile_s, 1),
+         "train_img_per_s": round(batch / train_s, 1), "infer_img_per_s": round(256 / infer_s, 1)}
   if train_flops:
     out["train_gflop_per_image"] = round(train_flops / batch / 1e9, 3)
     out["train_gflop_per_s"] = round(train_flops / train_s / 1e9, 1)
