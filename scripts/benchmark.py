@@ -3,6 +3,7 @@
     python scripts/benchmark.py --model=refcnn --batch=64
     python scripts/benchmark.py --model=refcnn --batch=64 --compare      # + Keras and PyTorch twins
     python scripts/benchmark.py --model=cnn --data_dir=sample_data/chest_xray --json
+    python scripts/benchmark.py --model=cnn --data_dir=../shared/data/chest_xray --batch=32 --turnover_epochs=3 --json
 
 Absolute times on a shared machine drift; compare ratios taken in one run. The train step
 is timed as the trainer runs it (jitted, state donated, uint8 batch, on-device
@@ -13,7 +14,9 @@ block_until_ready; FLOPs come from XLA's own cost analysis of the step before op
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 import functools
+import gc
 import importlib.util
 import json
 import os
@@ -101,7 +104,9 @@ def conv_kinds(model: nn.Module, image_size: int) -> str:
   return "+".join(sorted(kinds)) or "none"
 
 
-def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: bool, dtype: str) -> dict:
+def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: bool,
+                dtype: str) -> tuple[dict, Callable[[], jax.Array]]:
+  """The row of figures, and the compiled train step (on a fixed batch) for other timings to run."""
   config = learning.TrainConfig(model=name, image_size=image_size, batch_size=batch, dtype=dtype)
   model = learning.create_model(config)
   state = learning.create_train_state(config, model, jax.random.key(0), lambda _: 1e-3)
@@ -148,7 +153,7 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
     out["train_gflop_per_s"] = round(train_flops / train_s / 1e9, 1)
   if infer_flops:
     out["infer_gflop_per_s"] = round(infer_flops / infer_s / 1e9, 1)
-  return out
+  return out, one_step
 
 
 def bench_pipeline(data_dir: str, tfds_data_dir: str, image_size: int, batch: int) -> dict:
@@ -166,6 +171,46 @@ def bench_pipeline(data_dir: str, tfds_data_dir: str, image_size: int, batch: in
                                                                      epoch=epoch))
     result[f"pipeline_{label}_img_per_s"] = round(seen / (time.perf_counter() - t), 1)
   return result
+
+
+def bench_turnover(data_dir: str, tfds_data_dir: str, image_size: int, batch: int, epochs: int,
+                   train_step: Callable[[], jax.Array]) -> dict:
+  """Seconds to drop an epoch's iterator, as the trainer does at every epoch's end.
+
+  Each batch of an epoch is consumed by one call of the model's compiled train step, so
+  XLA keeps the cores as busy as in training; then the epoch's iterator is deleted and
+  collected, and that is timed. The pipeline as shipped (tf.data autotuning off) and with
+  autotuning switched back on alternate, epoch by epoch, in one process.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from xray_jax import chest_xray, input_pipeline  # pylint: disable=g-import-not-at-top
+  builder = chest_xray.load_builder(data_dir=data_dir, tfds_data_dir=tfds_data_dir, image_size=image_size)
+  shipped = input_pipeline.load_split(builder, "train", image_size)
+  tuned = tf.data.Options()
+  tuned.autotune.enabled = True
+  variants = {"shipped": shipped, "autotune": shipped.with_options(tuned)}
+  n = input_pipeline.num_examples(builder, "train")
+  for ds in variants.values():  # fill each cache before timing anything
+    sum(1 for _ in input_pipeline.train_batches(ds, num_examples=n, batch_size=batch, seed=0, epoch=0))
+  times: dict[str, list[float]] = {k: [] for k in variants}
+  epoch_times: dict[str, list[float]] = {k: [] for k in variants}
+  for epoch in range(1, epochs + 1):
+    for name, ds in variants.items():
+      t = time.perf_counter()
+      it = input_pipeline.train_batches(ds, num_examples=n, batch_size=batch, seed=0, epoch=epoch)
+      for _ in it:
+        train_step().block_until_ready()
+      epoch_times[name].append(time.perf_counter() - t)
+      t = time.perf_counter()
+      del it
+      gc.collect()  # the iterator sits in a reference cycle: freed by the collector, whenever it runs
+      times[name].append(time.perf_counter() - t)
+  out: dict = {"turnover_epochs": epochs}
+  for name, ts in times.items():
+    out[f"turnover_{name}_s"] = [round(x, 2) for x in ts]
+    out[f"turnover_{name}_total_s"] = round(sum(ts), 1)
+    out[f"turnover_{name}_epoch_s"] = [round(x, 1) for x in epoch_times[name]]  # consuming it
+  return out
 
 
 def _repeated_copy(image_dir: str, repeat: int, dest: str) -> str:
@@ -228,6 +273,9 @@ def main():
                   help="models use nn.Conv instead of layers.Conv: what the fast kernel gradient delivers")
   ap.add_argument("--data_dir", help="also time the input pipeline on this Kaggle-layout folder")
   ap.add_argument("--tfds_data_dir", default=os.path.join(REPO, "runs", "tfds_bench"))
+  ap.add_argument("--turnover_epochs", type=int, default=0,
+                  help="with --data_dir: also time dropping each epoch's iterator over this many epochs (each "
+                  "batch consumed by one train step), tf.data autotuning off (as shipped) and on, alternating")
   ap.add_argument("--originals_dir", help="also time a cold read of original files in this folder "
                   "(NORMAL/, PNEUMONIA/), e.g. the full-resolution Kaggle val/ or test/")
   ap.add_argument("--originals_repeat", type=int, default=1,
@@ -248,7 +296,7 @@ def main():
   ceiling = matmul_ceiling(args.matmul_size, args.dtype)
   rows = []
   for name in args.model or ["refcnn"]:
-    row = bench_model(name, batch=args.batch, steps=args.steps, image_size=args.image_size, augment=args.augment,
+    row, train_step = bench_model(name, batch=args.batch, steps=args.steps, image_size=args.image_size, augment=args.augment,
                       dtype=args.dtype)
     row.update(matmul_gflop_per_s=round(ceiling, 1), matmul_size=args.matmul_size, matmul_dtype=args.dtype)
     if "train_gflop_per_s" in row:
@@ -263,6 +311,9 @@ def main():
     if args.data_dir:
       row.update(bench_pipeline(args.data_dir, args.tfds_data_dir, args.image_size, args.batch))
       row["pipeline_to_step_ratio"] = round(row["pipeline_cached_img_per_s"] / row["train_img_per_s"], 1)
+      if args.turnover_epochs:
+        row.update(bench_turnover(args.data_dir, args.tfds_data_dir, args.image_size, args.batch,
+                                  args.turnover_epochs, train_step))
     if args.originals_dir:
       row.update(bench_originals(args.originals_dir, args.image_size, args.originals_repeat))
       row["originals_to_step_ratio"] = round(row["originals_cold_img_per_s"] / row["train_img_per_s"], 2)

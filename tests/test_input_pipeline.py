@@ -49,6 +49,17 @@ def test_train_batches_depend_only_on_seed_and_epoch_and_resume_exactly(prepared
   assert names(seed=1, epoch=0, skip_batches=3) == first[3:]
 
 
+def test_pipelines_run_without_tf_data_autotuning(prepared_sample):
+  # With autotuning on, dropping an epoch's iterator waited for the tuning thread's sleep
+  # (6-30 s at about half the epochs of a training run; benchmarks/RESULTS.md).
+  builder, _ = prepared_sample
+  ds = input_pipeline.load_split(builder, "train", 32)
+  derived = ds.shuffle(8).batch(4).prefetch(2)  # what train_batches and eval_batches build on it
+  folder, _, _ = input_pipeline.folder_dataset(f"{SAMPLE_DIR}/val", image_size=32, max_side=256)
+  for d in (ds, derived, folder):
+    assert d.options().autotune.enabled is False and d.options().deterministic is True
+
+
 def test_folder_dataset_reads_like_the_builder_and_lists_bad_files(tmp_path, prepared_sample):
   import shutil
   builder, _ = prepared_sample

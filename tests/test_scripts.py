@@ -47,7 +47,7 @@ def test_benchmark_prints_the_shared_scripts_fields_and_the_pipeline_and_origina
   _, tfds_dir = prepared_sample
   r = _script("benchmark.py", "--model=mlp", "--batch=4", "--steps=2", f"--data_dir={SAMPLE_DIR}",
               f"--tfds_data_dir={tfds_dir}", f"--originals_dir={os.path.join(SAMPLE_DIR, 'val')}",
-              "--originals_repeat=2", "--json")
+              "--originals_repeat=2", "--turnover_epochs=2", "--json")
   assert r.returncode == 0, r.stderr[-2000:]
   rows = [json.loads(l) for l in r.stdout.splitlines()]
   assert len(rows) == 1
@@ -57,6 +57,8 @@ def test_benchmark_prints_the_shared_scripts_fields_and_the_pipeline_and_origina
     assert row[key] > 0, key
   assert row["batch"] == 4 and row["originals_examples"] == 2 * 16  # every file of val/, twice
   assert row["conv"] == "none"  # the mlp has no convolution to report
+  for variant in ("shipped", "autotune"):  # one deletion timed per epoch and variant
+    assert len(row[f"turnover_{variant}_s"]) == 2 and row[f"turnover_{variant}_total_s"] >= 0
 
 
 # Run as a user runs it, but with these packages unimportable, as on a GPU image without TensorFlow.

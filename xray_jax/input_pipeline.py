@@ -39,10 +39,15 @@ def _preprocess(example: dict[str, tf.Tensor], image_size: int) -> dict[str, tf.
   }
 
 
-def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
+def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
   options = tf.data.Options()
   options.deterministic = True
   options.threading.private_threadpool_size = max(1, os.cpu_count() or 1)
+  # No autotuning: a new iterator per epoch is dropped when the epoch ends, and with
+  # autotuning on, its deletion waits for the tuning thread's sleep (6-30 s, at about
+  # half the epochs; benchmarks/RESULTS.md). Everything after the cache is a fixed
+  # prefetch, and the one map before it gets one call per core without autotuning.
+  options.autotune.enabled = False
   return ds.with_options(options)
 
 
@@ -53,7 +58,7 @@ def load_split(builder: tfds.core.DatasetBuilder, split: str, image_size: int) -
                      f"{sorted(builder.info.splits)}); the Kaggle folder it comes from was missing.")
   ds = builder.as_dataset(split=split, shuffle_files=False)
   ds = ds.map(lambda ex: _preprocess(ex, image_size), num_parallel_calls=tf.data.AUTOTUNE)
-  return _deterministic(ds.cache())
+  return _with_options(ds.cache())
 
 
 def folder_dataset(image_dir: str, *, image_size: int, max_side: int) -> tuple[tf.data.Dataset, list[images.SkippedFile], list[images.ImageRecord]]:
@@ -82,7 +87,7 @@ def folder_dataset(image_dir: str, *, image_size: int, max_side: int) -> tuple[t
       "file_name": tf.TensorSpec((), tf.string),
   })
   ds = ds.map(lambda ex: _preprocess(ex, image_size), num_parallel_calls=tf.data.AUTOTUNE)
-  return _deterministic(ds.cache()), skipped, [r for r, _ in loaded]
+  return _with_options(ds.cache()), skipped, [r for r, _ in loaded]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
