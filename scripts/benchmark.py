@@ -156,61 +156,55 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   return out, one_step
 
 
-def bench_pipeline(data_dir: str, tfds_data_dir: str, image_size: int, batch: int) -> dict:
-  """Images/s of one cold epoch (read, decode, resize, fill the cache) and of a cached one."""
+def bench_pipeline(data_dir: str, tfds_data_dir: str, image_size: int, batch: int, turnover_epochs: int = 0,
+                   train_step: Callable[[], jax.Array] | None = None) -> dict:
+  """Images/s of one cold epoch (read, decode, resize, fill the cache) and of a cached one.
+
+  With `turnover_epochs`, also the seconds to drop an epoch's iterator, as the trainer does
+  at every epoch's end: each batch is consumed by one call of `train_step` (so XLA keeps
+  the cores as busy as in training), then the iterator is deleted and collected, timed.
+  The pipeline as shipped (tf.data autotuning off) and with autotuning switched back on
+  alternate, epoch by epoch, in one process.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from xray_jax import chest_xray, input_pipeline  # pylint: disable=g-import-not-at-top
   t = time.perf_counter()
   builder = chest_xray.load_builder(data_dir=data_dir, tfds_data_dir=tfds_data_dir, image_size=image_size)
   prepare_s = time.perf_counter() - t
   ds = input_pipeline.load_split(builder, "train", image_size)
   n = input_pipeline.num_examples(builder, "train")
+  batches = functools.partial(input_pipeline.train_batches, num_examples=n, batch_size=batch, seed=0)
   result = {"pipeline_examples": n, "prepare_s": round(prepare_s, 1)}
   for label, epoch in (("cold", 0), ("cached", 1)):
     t = time.perf_counter()
-    seen = sum(len(b["label"]) for b in input_pipeline.train_batches(ds, num_examples=n, batch_size=batch, seed=0,
-                                                                     epoch=epoch))
+    seen = sum(len(b["label"]) for b in batches(ds, epoch=epoch))
     result[f"pipeline_{label}_img_per_s"] = round(seen / (time.perf_counter() - t), 1)
-  return result
+  if not turnover_epochs:
+    return result
 
-
-def bench_turnover(data_dir: str, tfds_data_dir: str, image_size: int, batch: int, epochs: int,
-                   train_step: Callable[[], jax.Array]) -> dict:
-  """Seconds to drop an epoch's iterator, as the trainer does at every epoch's end.
-
-  Each batch of an epoch is consumed by one call of the model's compiled train step, so
-  XLA keeps the cores as busy as in training; then the epoch's iterator is deleted and
-  collected, and that is timed. The pipeline as shipped (tf.data autotuning off) and with
-  autotuning switched back on alternate, epoch by epoch, in one process.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from xray_jax import chest_xray, input_pipeline  # pylint: disable=g-import-not-at-top
-  builder = chest_xray.load_builder(data_dir=data_dir, tfds_data_dir=tfds_data_dir, image_size=image_size)
-  shipped = input_pipeline.load_split(builder, "train", image_size)
   tuned = tf.data.Options()
   tuned.autotune.enabled = True
-  variants = {"shipped": shipped, "autotune": shipped.with_options(tuned)}
-  n = input_pipeline.num_examples(builder, "train")
-  for ds in variants.values():  # fill each cache before timing anything
-    sum(1 for _ in input_pipeline.train_batches(ds, num_examples=n, batch_size=batch, seed=0, epoch=0))
-  times: dict[str, list[float]] = {k: [] for k in variants}
-  epoch_times: dict[str, list[float]] = {k: [] for k in variants}
-  for epoch in range(1, epochs + 1):
-    for name, ds in variants.items():
+  variants = {"shipped": ds, "autotune": ds.with_options(tuned)}
+  sum(1 for _ in batches(variants["autotune"], epoch=0))  # its cache filled before timing anything
+  drop_s: dict[str, list[float]] = {k: [] for k in variants}
+  epoch_s: dict[str, list[float]] = {k: [] for k in variants}
+  for epoch in range(1, turnover_epochs + 1):
+    for name, variant in variants.items():
       t = time.perf_counter()
-      it = input_pipeline.train_batches(ds, num_examples=n, batch_size=batch, seed=0, epoch=epoch)
+      it = batches(variant, epoch=epoch)
       for _ in it:
         train_step().block_until_ready()
-      epoch_times[name].append(time.perf_counter() - t)
+      epoch_s[name].append(time.perf_counter() - t)
       t = time.perf_counter()
       del it
       gc.collect()  # the iterator sits in a reference cycle: freed by the collector, whenever it runs
-      times[name].append(time.perf_counter() - t)
-  out: dict = {"turnover_epochs": epochs}
-  for name, ts in times.items():
-    out[f"turnover_{name}_s"] = [round(x, 2) for x in ts]
-    out[f"turnover_{name}_total_s"] = round(sum(ts), 1)
-    out[f"turnover_{name}_epoch_s"] = [round(x, 1) for x in epoch_times[name]]  # consuming it
-  return out
+      drop_s[name].append(time.perf_counter() - t)
+  result["turnover_epochs"] = turnover_epochs
+  for name in variants:
+    result[f"turnover_{name}_s"] = [round(x, 2) for x in drop_s[name]]
+    result[f"turnover_{name}_total_s"] = round(sum(drop_s[name]), 1)
+    result[f"turnover_{name}_epoch_s"] = [round(x, 1) for x in epoch_s[name]]  # consuming it
+  return result
 
 
 def _repeated_copy(image_dir: str, repeat: int, dest: str) -> str:
@@ -296,8 +290,8 @@ def main():
   ceiling = matmul_ceiling(args.matmul_size, args.dtype)
   rows = []
   for name in args.model or ["refcnn"]:
-    row, train_step = bench_model(name, batch=args.batch, steps=args.steps, image_size=args.image_size, augment=args.augment,
-                      dtype=args.dtype)
+    row, train_step = bench_model(name, batch=args.batch, steps=args.steps, image_size=args.image_size,
+                                  augment=args.augment, dtype=args.dtype)
     row.update(matmul_gflop_per_s=round(ceiling, 1), matmul_size=args.matmul_size, matmul_dtype=args.dtype)
     if "train_gflop_per_s" in row:
       row["train_fraction_of_matmul"] = round(row["train_gflop_per_s"] / ceiling, 3)
@@ -309,11 +303,9 @@ def main():
     if "peak_bytes_in_use" in stats:
       row["peak_device_mib"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
     if args.data_dir:
-      row.update(bench_pipeline(args.data_dir, args.tfds_data_dir, args.image_size, args.batch))
+      row.update(bench_pipeline(args.data_dir, args.tfds_data_dir, args.image_size, args.batch,
+                                args.turnover_epochs, train_step))
       row["pipeline_to_step_ratio"] = round(row["pipeline_cached_img_per_s"] / row["train_img_per_s"], 1)
-      if args.turnover_epochs:
-        row.update(bench_turnover(args.data_dir, args.tfds_data_dir, args.image_size, args.batch,
-                                  args.turnover_epochs, train_step))
     if args.originals_dir:
       row.update(bench_originals(args.originals_dir, args.image_size, args.originals_repeat))
       row["originals_to_step_ratio"] = round(row["originals_cold_img_per_s"] / row["train_img_per_s"], 2)

@@ -50,8 +50,8 @@ def test_train_batches_depend_only_on_seed_and_epoch_and_resume_exactly(prepared
 
 
 def test_pipelines_run_without_tf_data_autotuning(prepared_sample):
-  # With autotuning on, dropping an epoch's iterator waited for the tuning thread's sleep
-  # (6-30 s at about half the epochs of a training run; benchmarks/RESULTS.md).
+  # With autotuning on, dropping an epoch's iterator waited 20-35 s at 11 of 27 epoch ends
+  # of training runs (benchmarks/RESULTS.md, "Epoch ends").
   builder, _ = prepared_sample
   ds = input_pipeline.load_split(builder, "train", 32)
   derived = ds.shuffle(8).batch(4).prefetch(2)  # what train_batches and eval_batches build on it

@@ -43,10 +43,9 @@ def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
   options = tf.data.Options()
   options.deterministic = True
   options.threading.private_threadpool_size = max(1, os.cpu_count() or 1)
-  # No autotuning: a new iterator per epoch is dropped when the epoch ends, and with
-  # autotuning on, its deletion waits for the tuning thread's sleep (6-30 s, at about
-  # half the epochs; benchmarks/RESULTS.md). Everything after the cache is a fixed
-  # prefetch, and the one map before it gets one call per core without autotuning.
+  # No autotuning: the trainer drops an iterator at every epoch's end, and with
+  # autotuning on that waited 20-35 s on a background thread at 11 of 27 epoch ends
+  # (benchmarks/RESULTS.md, "Epoch ends"). After the cache nothing is left to tune.
   options.autotune.enabled = False
   return ds.with_options(options)
 
