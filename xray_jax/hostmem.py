@@ -8,7 +8,9 @@ step the kernel maps and zeroes new pages: about 200,000 page faults per `cnn` s
 32 on 2 cores, a third of the CPU time spent in the kernel. With one arena, no mmap and no
 trimming, once the heap has grown to fit (a few steps) each step reuses the last one's
 memory: no faults per step and about 1.5x the images/s on the same machine
-(benchmarks/RESULTS.md). The arithmetic, and so every result, is unchanged. The cost: the
+(benchmarks/RESULTS.md). Not always: once a smaller allocation has been cut from a large freed
+block, the next large request no longer fits and the heap grows again (inference at batch
+256: 1.1 GiB at about one call in fifteen). The arithmetic, and so every result, is unchanged. The cost: the
 process holds on to its peak footprint, which fragmentation can make 2-3x what the
 default gives, and all threads share one arena's lock, which makes XLA's multi-threaded
 compiler 15-40% slower (seconds per run; the test suite, which mostly compiles, opts out).
