@@ -139,7 +139,7 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   infer_flops = _model_flops(infer_fn, holder["state"], infer_batch)
   infer = infer_fn.lower(holder["state"], infer_batch).compile()
   # At batch 256 one of malloc's single arena's free blocks is sometimes too small for the next
-  # call's 1.1 GiB of buffers, so the heap grows and that call faults every page in (3-4x its
+  # call's buffers (1.1 GiB for cnn), so the heap grows and that call faults every page in (3-4x its
   # time; benchmarks/RESULTS.md, "Inference after the train step"). Most growth comes in the
   # first calls: warm up with three, time the median of ten, and report the faults that remain.
   for _ in range(3):
