@@ -140,10 +140,10 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   infer = infer_fn.lower(holder["state"], infer_batch).compile()
   # At batch 256 one of malloc's single arena's free blocks is sometimes too small for the next
   # call's buffers (1.1 GiB for cnn), so the heap grows and that call faults every page in (3-4x its
-  # time; benchmarks/RESULTS.md, "Inference after the train step"). Most growth comes in the
-  # first calls: warm up with three, time the median of ten, and report the faults that remain.
-  for _ in range(3):
-    infer(holder["state"], infer_batch).block_until_ready()
+  # time, about one call in fifteen; benchmarks/RESULTS.md, "Inference after the train step").
+  # One warm-up as in ../shared/bench, then the median of ten calls, so one or two such calls do
+  # not set the figure; the faults are reported.
+  infer(holder["state"], infer_batch).block_until_ready()
   infer_s, infer_faults = _timed(lambda: infer(holder["state"], infer_batch), 10)
   out = {"framework": "jax-flax", "version": f"jax {jax.__version__}", "model": name, "device": str(jax.devices()[0]),
          "device_kind": jax.devices()[0].device_kind,
