@@ -10,9 +10,9 @@ trimming, once the heap has grown to fit (a few steps) each step reuses the last
 memory: no faults per step and about 1.5x the images/s on the same machine
 (benchmarks/RESULTS.md). Not always: once a smaller allocation has been cut from a large freed
 block, the next large request no longer fits and the heap grows again (inference at batch
-256: 1.1 GiB at about one call in fifteen). The arithmetic, and so every result, is unchanged. The cost: the
-process holds on to its peak footprint, which fragmentation can make 2-3x what the
-default gives, and all threads share one arena's lock, which makes XLA's multi-threaded
+256: 1.1 GiB at about one call in fifteen). The arithmetic, and so every result, is
+unchanged. The cost: the process holds on to its peak footprint, which fragmentation can
+make 2-3x what the default gives, and all threads share one arena's lock, which makes XLA's multi-threaded
 compiler 15-40% slower (seconds per run; the test suite, which mostly compiles, opts out).
 
 The entry points (train, evaluate, predict, scripts/benchmark.py) call `keep_freed_memory()`

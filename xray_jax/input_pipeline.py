@@ -39,7 +39,9 @@ def _preprocess(example: dict[str, tf.Tensor], image_size: int) -> dict[str, tf.
   }
 
 
-def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
+def _decoded_and_cached(ds: tf.data.Dataset, image_size: int) -> tf.data.Dataset:
+  """Examples resized in parallel, cached in memory, and read in a fixed order from then on."""
+  ds = ds.map(lambda ex: _preprocess(ex, image_size), num_parallel_calls=tf.data.AUTOTUNE).cache()
   options = tf.data.Options()
   options.deterministic = True
   options.threading.private_threadpool_size = max(1, os.cpu_count() or 1)
@@ -56,8 +58,7 @@ def load_split(builder: tfds.core.DatasetBuilder, split: str, image_size: int) -
     raise UsageError(f"Split {split!r} is not in the prepared data (it has "
                      f"{sorted(builder.info.splits)}); the Kaggle folder it comes from was missing.")
   ds = builder.as_dataset(split=split, shuffle_files=False)
-  ds = ds.map(lambda ex: _preprocess(ex, image_size), num_parallel_calls=tf.data.AUTOTUNE)
-  return _with_options(ds.cache())
+  return _decoded_and_cached(ds, image_size)
 
 
 def folder_dataset(image_dir: str, *, image_size: int, max_side: int) -> tuple[tf.data.Dataset, list[images.SkippedFile], list[images.ImageRecord]]:
@@ -85,8 +86,7 @@ def folder_dataset(image_dir: str, *, image_size: int, max_side: int) -> tuple[t
       "label": tf.TensorSpec((), tf.int32),
       "file_name": tf.TensorSpec((), tf.string),
   })
-  ds = ds.map(lambda ex: _preprocess(ex, image_size), num_parallel_calls=tf.data.AUTOTUNE)
-  return _with_options(ds.cache()), skipped, [r for r, _ in loaded]
+  return _decoded_and_cached(ds, image_size), skipped, [r for r, _ in loaded]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
