@@ -1,13 +1,17 @@
 """The train step, the loop, checkpoints and reports, on the real sample images."""
 
+import dataclasses
 import functools
 import json
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from flax.training import train_state
 
 from conftest import SAMPLE_DIR
 from xray_jax import checkpoints
@@ -77,6 +81,50 @@ def test_eval_step_never_augments():
   logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, batch["image"] / 255.0,
                           train=False)
   np.testing.assert_allclose(probs, jax.nn.softmax(logits), rtol=1e-5, atol=1e-6)
+
+
+def test_moving_average_is_off_by_default_and_follows_the_weights_when_on():
+  config, state = _state()
+  assert state.ema is None  # nothing extra in the state or its checkpoints
+  kw = dict(class_weights=jnp.ones(2), augment_config=None)
+  config = dataclasses.replace(config, ema_decay=0.9)
+  state = learning.create_train_state(config, models.get_model("refcnn"), jax.random.key(0), lambda s: 1e-3)
+  jax.tree.map(np.testing.assert_array_equal, state.ema, {"params": state.params, "batch_stats": state.batch_stats})
+  step = jax.jit(functools.partial(learning.train_step, **kw, ema_decay=0.9))
+  expected = state.ema
+  for i in range(1, 4):
+    state, _ = step(state, _batch(), jax.random.key(1))
+    d = min(0.9, (1 + i) / (10 + i))  # the first steps move it more
+    expected = jax.tree.map(lambda e, x: d * e + (1 - d) * x, expected,
+                            {"params": state.params, "batch_stats": state.batch_stats})
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7), state.ema, expected)
+  # Evaluation uses the average, not the last weights.
+  images = jnp.asarray(_batch()["image"])
+  probs = learning.eval_step(state, images)
+  np.testing.assert_allclose(probs, jax.nn.softmax(state.apply_fn(state.ema, images / 255.0, train=False)),
+                             rtol=1e-5, atol=1e-6)
+  last = jax.nn.softmax(state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images / 255.0,
+                                       train=False))
+  assert not np.allclose(probs, last, atol=1e-4)
+  with pytest.raises(UsageError, match=r"--ema_decay=1.0 must be in \[0, 1\)"):
+    learning.create_train_state(dataclasses.replace(config, ema_decay=1.0), models.get_model("refcnn"),
+                                jax.random.key(0), lambda s: 1e-3)
+
+
+def test_checkpoints_written_before_the_moving_average_existed_still_restore(tmp_path):
+  class Before(train_state.TrainState):  # TrainState as it was, saved whole by Orbax
+    batch_stats: Any = None
+
+  _, state = _state()
+  old = Before.create(apply_fn=state.apply_fn, params=jax.tree.map(lambda p: p + 1.0, state.params), tx=state.tx,
+                      batch_stats=state.batch_stats).replace(step=jnp.asarray(7, jnp.int32))
+  mngr = checkpoints.manager(str(tmp_path), checkpoints.LATEST, max_to_keep=1)
+  mngr.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(jax.device_get(old)),
+                                       meta=ocp.args.JsonSave({"state_sha256": checkpoints.tree_digest(old)})))
+  mngr.wait_until_finished()
+  restored, _ = checkpoints.restore(mngr, 7, state)  # the digest is checked too
+  assert restored.ema is None and int(restored.step) == 7
+  jax.tree.map(np.testing.assert_array_equal, restored.params, old.params)
 
 
 def test_is_better_prefers_metric_then_lower_loss():
@@ -190,6 +238,28 @@ def test_divergence_stops_with_step_files_and_hint_and_keeps_the_last_checkpoint
   with pytest.raises(FloatingPointError, match=r"diverged at step 2: .*batch files: train/.*\.jpeg.*--learning_rate"):
     trainer.train_and_evaluate(config, str(tmp_path))
   assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [1]
+
+
+def test_moving_average_run_checkpoints_evaluates_and_cannot_drop_it_on_resume(prepared_sample, tmp_path):
+  _, tfds_dir = prepared_sample
+  config = learning.TrainConfig(model="mlp", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, image_size=32,
+                               batch_size=16, num_steps=4, ema_decay=0.9, checkpoint_every_steps=2)
+  workdir = str(tmp_path)
+  best = trainer.train_and_evaluate(config, workdir)
+  # The average is in the checkpoint (real Orbax files) and is what evaluation scores.
+  _, state, _ = evaluate.restore_for_eval(workdir, "best")
+  assert state.ema is not None
+  assert not np.array_equal(state.ema["params"]["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
+  report = evaluate.evaluate_workdir(workdir, split="validation")
+  assert report["roc_auc"] == pytest.approx(best["roc_auc"], abs=1e-9)
+  assert report["loss"] == pytest.approx(best["loss"], rel=1e-4)
+  for decay in (0.0, 0.99):  # off: refused, with how to fix it; another decay: resumes
+    other = dataclasses.replace(config, ema_decay=decay, num_steps=6)
+    if decay == 0.0:
+      with pytest.raises(UsageError, match=r"ema_decay: 0.9 there, 0.0 now.*--overwrite"):
+        trainer.train_and_evaluate(other, workdir)
+    else:
+      assert trainer.train_and_evaluate(other, workdir)["step"] in (4, 6)
 
 
 def test_batch_larger_than_the_train_split_is_refused(prepared_sample, tmp_path):

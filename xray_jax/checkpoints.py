@@ -10,6 +10,7 @@ silently resumed from.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -63,8 +64,19 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any
     # A resumed run can reach a step saved before (best/ kept step S while checkpoints/
     # fell back to an earlier one): the newer save of that step replaces the older.
     mngr.delete(step)
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)),
-            force=True)
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_stored_fields(host_state)),
+                                          meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def _stored_fields(state: Any) -> dict[str, Any]:
+  """The state's array fields by name, leaving out those that are None.
+
+  Orbax would record a None field (TrainState.ema of a run without --ema_decay) as a key
+  of its own, and then refuse every checkpoint written before that field existed; left
+  out, a run without it keeps the layout checkpoints always had.
+  """
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+          if f.metadata.get("pytree_node", True) and getattr(state, f.name) is not None}
 
 
 def step_dir(mngr: ocp.CheckpointManager, step: int) -> str:
@@ -77,11 +89,11 @@ def restore(mngr: ocp.CheckpointManager, step: int, like_state: Any) -> tuple[An
   Raises CheckpointDamagedError, naming the folder, when it cannot be read or its bytes
   differ from the digest recorded when it was saved.
   """
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _stored_fields(like_state))
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                           meta=ocp.args.JsonRestore()))
-    state, meta = restored.state, dict(restored.meta)
+    state, meta = like_state.replace(**restored.state), dict(restored.meta)
   except Exception as e:  # tensorstore and JSON errors of many kinds: all mean "unreadable"
     raise CheckpointDamagedError(f"{step_dir(mngr, step)} cannot be read ({type(e).__name__}: "
                                  f"{str(e)[:300]})") from e

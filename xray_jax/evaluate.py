@@ -324,7 +324,7 @@ def write_mistake_maps(config: learning.TrainConfig, state: learning.TrainState,
   method = saliency.default_method(model, config.image_size)
   names = [preds.file_names[i] for i in chosen]
   x = jnp.asarray(np.stack([pixels[n] for n in names]), jnp.float32) / 255.0
-  maps = np.asarray(saliency.METHODS[method](model, {"params": state.params, "batch_stats": state.batch_stats}, x))
+  maps = np.asarray(saliency.METHODS[method](model, learning.inference_variables(state), x))
   cols = min(4, len(names))
   rows = -(-len(names) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)

@@ -39,6 +39,7 @@ class TrainConfig:
   weight_decay: float = 1e-4
   label_smoothing: float = 0.0
   mixup_alpha: float = 0.0  # > 0: mixup with lam ~ Beta(alpha, alpha) (augment.mixup)
+  ema_decay: float = 0.0  # > 0: evaluate an exponential moving average of the weights (TrainState.ema)
   augment: bool = True
   augment_config: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
   seed: int = 0
@@ -60,6 +61,16 @@ class TrainConfig:
 
 class TrainState(train_state.TrainState):
   batch_stats: Any = None
+  # With --ema_decay: moving averages of `params` and `batch_stats` ({"params", "batch_stats"}),
+  # what evaluation and prediction use. None otherwise, which adds nothing to a checkpoint.
+  ema: Any = None
+
+
+def inference_variables(state: TrainState) -> dict[str, Any]:
+  """The variables to evaluate with: the moving average when the run keeps one."""
+  if state.ema is not None:
+    return state.ema
+  return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def create_model(config: TrainConfig) -> nn.Module:
@@ -83,6 +94,10 @@ def create_train_state(config: TrainConfig, model: nn.Module, rng: jax.Array,
   tx = optax.adamw(learning_rate_fn, weight_decay=config.weight_decay)
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                             batch_stats=variables.get("batch_stats", {}))
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise UsageError(f"--ema_decay={config.ema_decay} must be in [0, 1) (0: no moving average).")
+  if config.ema_decay > 0:  # copies: the step donates the state, and one buffer cannot be donated twice
+    state = state.replace(ema=jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats}))
   # An int32 array, as every step after the first makes it: one dtype in every checkpoint.
   return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -97,9 +112,13 @@ def _global_norm(tree: Any) -> jnp.ndarray:
 
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array, *,
                class_weights: jnp.ndarray, augment_config: augment_lib.AugmentConfig | None,
-               label_smoothing: float = 0.0, mixup_alpha: float = 0.0
+               label_smoothing: float = 0.0, mixup_alpha: float = 0.0, ema_decay: float = 0.0
                ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
   """One optimizer step on uint8 images; augmentation and dropout keyed by (rng, step).
+
+  With a moving average in the state, it moves by `ema_decay`, or by less in the first
+  steps ((1 + step) / (10 + step), as TensorFlow's ExponentialMovingAverage with
+  num_updates), so the random initialisation does not linger in it.
 
   With mixup the per-example outputs (train metrics) are those of the mixed images,
   scored against each image's own label, which keeps the larger share of the blend.
@@ -125,6 +144,10 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array,
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+  if state.ema is not None:
+    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    current = {"params": state.params, "batch_stats": state.batch_stats}
+    state = state.replace(ema=jax.tree.map(lambda e, x: decay * e + (1.0 - decay) * x, state.ema, current))
   probs = jax.nn.softmax(logits)
   step_metrics = {
       "loss": loss,
@@ -145,7 +168,7 @@ def eval_step(state: TrainState, images: jnp.ndarray, tta: bool = False) -> jnp.
   """
   x = images.astype(jnp.float32) / 255.0
   views = augment_lib.TTA_VIEWS if tta else ((1.0, 0.0, 0.0),)
-  probs = [jax.nn.softmax(state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                                         augment_lib.tta_view(x, v), train=False).astype(jnp.float32))
+  probs = [jax.nn.softmax(state.apply_fn(inference_variables(state), augment_lib.tta_view(x, v),
+                                         train=False).astype(jnp.float32))
            for v in views]
   return sum(probs) / len(probs)

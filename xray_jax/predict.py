@@ -82,7 +82,7 @@ def predict_files(workdir: str, paths: list[str], *, output_dir: str | None = No
     threshold = 0.5
   model = learning.create_model(config)
   method = saliency.default_method(model, config.image_size) if method == "auto" else method
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  variables = learning.inference_variables(state)
   probs_fn = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False))[:, 1])
   map_fn = jax.jit(lambda v, x: saliency.METHODS[method](model, v, x))
   max_side = chest_xray.config_for_image_size(config.image_size).max_side

@@ -43,6 +43,9 @@ flags.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing of th
 flags.DEFINE_float("mixup_alpha", _D.mixup_alpha, "Mixup: blend each training image with another of its batch, "
                    "weight ~ Beta(alpha, alpha), and the losses of both labels the same way (0: off).",
                    lower_bound=0.0)
+flags.DEFINE_float("ema_decay", _D.ema_decay, "Evaluate, checkpoint-select and predict with an exponential "
+                   "moving average of the weights and BatchNorm statistics, this decay per step (0: off; "
+                   "0.998 averages about the last 500 steps).", lower_bound=0.0, upper_bound=0.9999)
 flags.DEFINE_bool("augment", _D.augment, "On-device random affine and intensity augmentation in training.")
 flags.DEFINE_float("aug_rotate_deg", _D.augment_config.rotate_deg, "Max rotation, degrees.")
 flags.DEFINE_float("aug_scale", _D.augment_config.scale, "Max zoom change (fraction).")

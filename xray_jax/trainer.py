@@ -102,6 +102,9 @@ def prepare_workdir(config: learning.TrainConfig, workdir: str, overwrite: bool)
     with open(path) as f:
       old = json.load(f)
     clash = {k: (old.get(k), getattr(config, k)) for k in INCOMPATIBLE_KEYS if old.get(k) != getattr(config, k)}
+    # A moving average is part of the checkpointed state: a run cannot gain or lose one midway.
+    if (old.get("ema_decay", 0.0) > 0) != (config.ema_decay > 0):
+      clash["ema_decay"] = (old.get("ema_decay", 0.0), config.ema_decay)
     if clash:
       desc = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in clash.items())
       raise UsageError(f"--workdir={workdir} holds a run with a different setup ({desc}). Pass another "
@@ -262,7 +265,7 @@ def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite:
   step_fn = jax.jit(functools.partial(
       learning.train_step, class_weights=jnp.asarray(weights),
       augment_config=config.augment_config if config.augment else None,
-      label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha),
+      label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha, ema_decay=config.ema_decay),
       in_shardings=(repl, parallel.batch_sharded(mesh), repl), out_shardings=(repl, repl), donate_argnums=0)
   log = MetricsLog(workdir, start_step)
 
