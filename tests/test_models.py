@@ -10,7 +10,7 @@ from xray_jax import models
 from xray_jax.errors import UsageError
 
 # Pinned so that an accidental architecture change shows up as a failing test.
-PARAM_COUNTS = {"cnn": 1_179_986, "cnn_gn": 1_179_986, "cnn_narrow": 664_238, "cnn_res": 1_224_514,
+PARAM_COUNTS = {"cnn": 1_179_986, "cnn_dropout": 1_179_986, "cnn_gn": 1_179_986, "cnn_narrow": 664_238, "cnn_res": 1_224_514,
                 "mlp": 8_455_042, "refcnn": 389_314}
 
 
@@ -50,7 +50,7 @@ def test_jit_and_eager_agree(name):
 
 
 def test_unknown_model_lists_known_ones():
-  with pytest.raises(UsageError, match="known models: cnn, cnn_gn, cnn_narrow, cnn_res, mlp, refcnn"):
+  with pytest.raises(UsageError, match="known models: cnn, cnn_dropout, cnn_gn, cnn_narrow, cnn_res, mlp, refcnn"):
     models.get_model("resnet9000")
 
 
@@ -94,6 +94,17 @@ def test_cnn_narrow_is_cnn_at_three_quarter_widths():
   assert jax.tree.structure(wide) == jax.tree.structure(narrow)
   for w, n in zip(jax.tree.leaves(wide), jax.tree.leaves(narrow)):
     assert n.shape == tuple(d if d in (1, 2, 3) else d * 3 // 4 for d in w.shape)
+
+
+def test_cnn_dropout_is_cnn_with_only_a_higher_dropout_rate():
+  cnn, dropout = models.get_model("cnn"), models.get_model("cnn_dropout")
+  assert (cnn.dropout, dropout.dropout) == (0.3, 0.5)
+  variables = _init(cnn, 64)
+  assert jax.tree.structure(variables) == jax.tree.structure(_init(dropout, 64))
+  x = jax.random.uniform(jax.random.key(1), (4, 64, 64, 1))
+  np.testing.assert_array_equal(cnn.apply(variables, x, train=False), dropout.apply(variables, x, train=False))
+  train = lambda m: m.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])[0]
+  assert not np.allclose(train(cnn), train(dropout))
 
 
 def test_cnn_res_has_the_convs_of_cnn_plus_a_projection_per_stage():
