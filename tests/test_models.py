@@ -10,8 +10,8 @@ from xray_jax import models
 from xray_jax.errors import UsageError
 
 # Pinned so that an accidental architecture change shows up as a failing test.
-PARAM_COUNTS = {"cnn": 1_179_986, "cnn_dropout": 1_179_986, "cnn_gn": 1_179_986, "cnn_narrow": 664_238, "cnn_res": 1_224_514,
-                "mlp": 8_455_042, "refcnn": 389_314}
+PARAM_COUNTS = {"cnn": 1_179_986, "cnn_dropout": 1_179_986, "cnn_gn": 1_179_986, "cnn_narrow": 664_238,
+                "cnn_res": 1_224_514, "mlp": 8_455_042, "refcnn": 389_314}
 
 
 def _init(model, size=128):

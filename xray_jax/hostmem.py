@@ -12,8 +12,9 @@ memory: no faults per step and about 1.5x the images/s on the same machine
 block, the next large request no longer fits and the heap grows again (inference at batch
 256: 1.1 GiB at about one call in fifteen). The arithmetic, and so every result, is
 unchanged. The cost: the process holds on to its peak footprint, which fragmentation can
-make 2-3x what the default gives, and all threads share one arena's lock, which makes XLA's multi-threaded
-compiler 15-40% slower (seconds per run; the test suite, which mostly compiles, opts out).
+make 2-3x what the default gives, and all threads share one arena's lock, which makes XLA's
+multi-threaded compiler 15-40% slower (seconds per run; the test suite, which mostly
+compiles, opts out).
 
 The entry points (train, evaluate, predict, scripts/benchmark.py) call `keep_freed_memory()`
 before they import jax or TensorFlow, as glibc fixes the number of arenas when the first

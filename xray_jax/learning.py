@@ -66,11 +66,14 @@ class TrainState(train_state.TrainState):
   ema: Any = None
 
 
+def live_variables(state: TrainState) -> dict[str, Any]:
+  """The model's variables as trained so far (what `ema` averages)."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
 def inference_variables(state: TrainState) -> dict[str, Any]:
   """The variables to evaluate with: the moving average when the run keeps one."""
-  if state.ema is not None:
-    return state.ema
-  return {"params": state.params, "batch_stats": state.batch_stats}
+  return live_variables(state) if state.ema is None else state.ema
 
 
 def create_model(config: TrainConfig) -> nn.Module:
@@ -86,6 +89,8 @@ def create_learning_rate_fn(config: TrainConfig, total_steps: int, steps_per_epo
 
 def create_train_state(config: TrainConfig, model: nn.Module, rng: jax.Array,
                        learning_rate_fn: optax.Schedule) -> TrainState:
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise UsageError(f"--ema_decay={config.ema_decay} must be in [0, 1) (0: no moving average).")
   dummy = jnp.zeros((1, config.image_size, config.image_size, 1), jnp.float32)
   try:
     variables = jax.jit(functools.partial(model.init, train=False))(rng, dummy)
@@ -94,10 +99,8 @@ def create_train_state(config: TrainConfig, model: nn.Module, rng: jax.Array,
   tx = optax.adamw(learning_rate_fn, weight_decay=config.weight_decay)
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                             batch_stats=variables.get("batch_stats", {}))
-  if not 0.0 <= config.ema_decay < 1.0:
-    raise UsageError(f"--ema_decay={config.ema_decay} must be in [0, 1) (0: no moving average).")
   if config.ema_decay > 0:  # copies: the step donates the state, and one buffer cannot be donated twice
-    state = state.replace(ema=jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats}))
+    state = state.replace(ema=jax.tree.map(jnp.copy, live_variables(state)))
   # An int32 array, as every step after the first makes it: one dtype in every checkpoint.
   return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -146,8 +149,8 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array,
   state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
   if state.ema is not None:
     decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
-    current = {"params": state.params, "batch_stats": state.batch_stats}
-    state = state.replace(ema=jax.tree.map(lambda e, x: decay * e + (1.0 - decay) * x, state.ema, current))
+    state = state.replace(ema=jax.tree.map(lambda e, x: decay * e + (1.0 - decay) * x, state.ema,
+                                           live_variables(state)))
   probs = jax.nn.softmax(logits)
   step_metrics = {
       "loss": loss,

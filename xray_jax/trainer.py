@@ -29,8 +29,11 @@ from xray_jax.errors import UsageError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
-# Changing these under an existing workdir would restore weights into the wrong model.
-INCOMPATIBLE_KEYS = ("model", "image_size", "num_classes")
+# What shapes a run's checkpoints: changing it under an existing workdir would restore into the
+# wrong model or state. Each maps a setting to what must match (any decay of a moving average
+# gives the same state; none gives another).
+INCOMPATIBLE = {"model": lambda v: v, "image_size": lambda v: v, "num_classes": lambda v: v,
+                "ema_decay": lambda decay: decay > 0}
 THRESHOLD_RULE = ("maximises Youden's J (sensitivity + specificity - 1) on the validation split, "
                   "carved from Kaggle train/ by patient")
 # How evaluate picks the reported threshold. "stress" pools the validation images with their
@@ -101,10 +104,9 @@ def prepare_workdir(config: learning.TrainConfig, workdir: str, overwrite: bool)
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    clash = {k: (old.get(k), getattr(config, k)) for k in INCOMPATIBLE_KEYS if old.get(k) != getattr(config, k)}
-    # A moving average is part of the checkpointed state: a run cannot gain or lose one midway.
-    if (old.get("ema_decay", 0.0) > 0) != (config.ema_decay > 0):
-      clash["ema_decay"] = (old.get("ema_decay", 0.0), config.ema_decay)
+    was = learning.TrainConfig.from_json(old)  # settings it predates take their defaults
+    clash = {k: (getattr(was, k), getattr(config, k)) for k, shape in INCOMPATIBLE.items()
+             if shape(getattr(was, k)) != shape(getattr(config, k))}
     if clash:
       desc = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in clash.items())
       raise UsageError(f"--workdir={workdir} holds a run with a different setup ({desc}). Pass another "
