@@ -11,7 +11,7 @@ from xray_jax.errors import UsageError
 
 # Pinned so that an accidental architecture change shows up as a failing test.
 PARAM_COUNTS = {"cnn": 1_179_986, "cnn_dropout": 1_179_986, "cnn_gn": 1_179_986, "cnn_narrow": 664_238,
-                "cnn_res": 1_224_514, "mlp": 8_455_042, "refcnn": 389_314}
+                "cnn_res": 1_224_514, "cnn_std": 1_179_986, "mlp": 8_455_042, "refcnn": 389_314}
 
 
 def _init(model, size=128):
@@ -50,7 +50,7 @@ def test_jit_and_eager_agree(name):
 
 
 def test_unknown_model_lists_known_ones():
-  with pytest.raises(UsageError, match="known models: cnn, cnn_dropout, cnn_gn, cnn_narrow, cnn_res, mlp, refcnn"):
+  with pytest.raises(UsageError, match="known models: cnn, cnn_dropout, cnn_gn, cnn_narrow, cnn_res, cnn_std, mlp, refcnn"):
     models.get_model("resnet9000")
 
 
@@ -153,3 +153,21 @@ def test_cnn_gn_normalises_each_image_by_itself():
   out = [bn.apply(bn_vars, jnp.concatenate([a, other]), train=True, mutable=["batch_stats"],
                   rngs={"dropout": jax.random.key(5)})[0][0] for other in (b, c)]
   assert not np.allclose(out[0], out[1], rtol=1e-5, atol=1e-6)  # the contrast that makes the test mean something
+
+
+def test_cnn_std_ignores_affine_changes_of_intensity_and_is_cnn_on_standardised_images():
+  from xray_jax.models import cnn_std
+  model, plain = models.get_model("cnn_std"), models.get_model("cnn")
+  variables = _init(model, 64)
+  assert jax.tree.structure(variables) == jax.tree.structure(_init(plain, 64))
+  x = jax.random.uniform(jax.random.key(1), (3, 64, 64, 1), minval=0.2, maxval=0.8)
+  out = model.apply(variables, x, train=False)
+  flatter_brighter = x * 0.6 + 0.3  # stays inside [0, 1]: no clipping
+  np.testing.assert_allclose(model.apply(variables, flatter_brighter, train=False), out, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(plain.apply(variables, flatter_brighter, train=False), plain.apply(variables, x, train=False),
+                         rtol=1e-4, atol=1e-5)  # what the standardisation takes away
+  z = (x - x.mean(axis=(1, 2, 3), keepdims=True)) / x.std(axis=(1, 2, 3), keepdims=True)
+  np.testing.assert_allclose(plain.apply(variables, z, train=False), out, rtol=1e-5, atol=1e-6)
+  blank = model.apply(variables, jnp.full((1, 64, 64, 1), 0.5), train=False)
+  assert np.isfinite(np.asarray(blank)).all()
+  assert float(cnn_std.standardise(jnp.full((1, 4, 4, 1), 0.5)).max()) == 0.0

@@ -1,0 +1,30 @@
+"""The cnn on per-image standardised input: each film shifted to mean 0 and scaled to std 1.
+
+Films from another hospital differ first in exposure and contrast. Augmentation teaches
+`cnn` to tolerate such changes; standardising each image by its own pixel mean and
+standard deviation removes any affine change of intensity outright, before the first
+layer (up to clipping at black and white). Same convs, parameters, pooling and head as
+`cnn` (experiments/RESULTS.md, idea 22).
+"""
+
+import jax.numpy as jnp
+
+from xray_jax.models import cnn
+
+# Floor of the per-image standard deviation: a blank image (std 0) stays finite. Real films
+# in [0, 1] have a std of 0.1-0.3.
+MIN_STD = 1e-2
+
+
+def standardise(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
+  """Each image minus its mean, over its standard deviation (floored at MIN_STD)."""
+  x = x_BxHxWxC.astype(jnp.float32)
+  mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
+  std = jnp.std(x, axis=(1, 2, 3), keepdims=True)
+  return (x - mean) / jnp.maximum(std, MIN_STD)
+
+
+class Model(cnn.Model):
+
+  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    return super().__call__(standardise(x), train=train)
