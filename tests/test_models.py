@@ -11,7 +11,8 @@ from xray_jax.errors import UsageError
 
 # Pinned so that an accidental architecture change shows up as a failing test.
 PARAM_COUNTS = {"cnn": 1_179_986, "cnn_dropout": 1_179_986, "cnn_gn": 1_179_986, "cnn_narrow": 664_238,
-                "cnn_res": 1_224_514, "cnn_std": 1_179_986, "mlp": 8_455_042, "refcnn": 389_314}
+                "cnn_res": 1_224_514, "cnn_std": 1_179_986,
+                "cnn_std_centre": 1_179_986, "mlp": 8_455_042, "refcnn": 389_314}
 
 
 def _init(model, size=128):
@@ -50,7 +51,7 @@ def test_jit_and_eager_agree(name):
 
 
 def test_unknown_model_lists_known_ones():
-  with pytest.raises(UsageError, match="known models: cnn, cnn_dropout, cnn_gn, cnn_narrow, cnn_res, cnn_std, mlp, refcnn"):
+  with pytest.raises(UsageError, match="known models: cnn, cnn_dropout, cnn_gn, cnn_narrow, cnn_res, cnn_std, cnn_std_centre, mlp, refcnn"):
     models.get_model("resnet9000")
 
 
@@ -171,3 +172,16 @@ def test_cnn_std_ignores_affine_changes_of_intensity_and_is_cnn_on_standardised_
   blank = model.apply(variables, jnp.full((1, 64, 64, 1), 0.5), train=False)
   assert np.isfinite(np.asarray(blank)).all()
   assert float(cnn_std.standardise(jnp.full((1, 4, 4, 1), 0.5)).max()) == 0.0
+
+
+def test_cnn_std_centre_takes_its_statistics_from_the_central_square_only():
+  from xray_jax.models import cnn_std
+  assert models.get_model("cnn_std_centre").centre == 0.5 and models.get_model("cnn_std").centre == 1.0
+  x = jax.random.uniform(jax.random.key(1), (2, 64, 64, 1), minval=0.2, maxval=0.8)
+  framed = x.at[:, :8].set(0.0).at[:, -8:].set(0.0).at[:, :, :8].set(0.0).at[:, :, -8:].set(0.0)  # a black border
+  inner = (slice(None), slice(16, 48), slice(16, 48))
+  np.testing.assert_allclose(cnn_std.standardise(framed, 0.5)[inner], cnn_std.standardise(x, 0.5)[inner], rtol=1e-6)
+  assert not np.allclose(cnn_std.standardise(framed)[inner], cnn_std.standardise(x)[inner], rtol=1e-3)
+  centre = x[inner]
+  expected = (x - centre.mean(axis=(1, 2, 3), keepdims=True)) / centre.std(axis=(1, 2, 3), keepdims=True)
+  np.testing.assert_allclose(cnn_std.standardise(x, 0.5), expected, rtol=1e-5, atol=1e-6)

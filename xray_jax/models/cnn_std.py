@@ -4,7 +4,9 @@ Films from another hospital differ first in exposure and contrast. Augmentation 
 `cnn` to tolerate such changes; standardising each image by its own pixel mean and
 standard deviation removes any affine change of intensity outright, before the first
 layer (up to clipping at black and white). Same convs, parameters, pooling and head as
-`cnn` (experiments/RESULTS.md, idea 22).
+`cnn` (experiments/RESULTS.md, idea 22). With `centre` < 1 the statistics come from the
+central square of that fraction of the side only, so that a black border or a burnt-in
+label at the edge does not move them (`cnn_std_centre`).
 """
 
 import jax.numpy as jnp
@@ -16,15 +18,24 @@ from xray_jax.models import cnn
 MIN_STD = 1e-2
 
 
-def standardise(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
-  """Each image minus its mean, over its standard deviation (floored at MIN_STD)."""
+def standardise(x_BxHxWxC: jnp.ndarray, centre: float = 1.0) -> jnp.ndarray:
+  """Each image minus its mean, over its standard deviation (floored at MIN_STD).
+
+  The mean and deviation are those of the central `centre` fraction of each side.
+  """
   x = x_BxHxWxC.astype(jnp.float32)
-  mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
-  std = jnp.std(x, axis=(1, 2, 3), keepdims=True)
+  region = x
+  if centre < 1.0:
+    h, w = x.shape[1:3]
+    dh, dw = round(h * (1 - centre) / 2), round(w * (1 - centre) / 2)
+    region = x[:, dh:h - dh, dw:w - dw, :]
+  mean = jnp.mean(region, axis=(1, 2, 3), keepdims=True)
+  std = jnp.std(region, axis=(1, 2, 3), keepdims=True)
   return (x - mean) / jnp.maximum(std, MIN_STD)
 
 
 class Model(cnn.Model):
+  centre: float = 1.0  # fraction of each side whose pixels give the statistics
 
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    return super().__call__(standardise(x), train=train)
+    return super().__call__(standardise(x, self.centre), train=train)
