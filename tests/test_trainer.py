@@ -289,6 +289,30 @@ def test_predict_writes_probabilities_labels_and_maps(trained, tmp_path):
   assert [json.loads(l) for l in lines] == records
 
 
+def test_predict_labels_at_the_threshold_of_the_runs_own_rule(trained, tmp_path, caplog):
+  """A run trained with --threshold_rule=stress: predict uses the threshold its reports use."""
+  from xray_jax import predict
+  import shutil
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained[1], workdir)
+  config = json.load(open(os.path.join(workdir, "config.json")))
+  json.dump({**config, "threshold_rule": "stress"}, open(os.path.join(workdir, "config.json"), "w"))
+  image = os.path.join(SAMPLE_DIR, "val", "NORMAL", "NORMAL2-IM-1427-0001.jpeg")
+  before = predict.predict_files(workdir, [image], output_dir=str(tmp_path / "a"), maps=False)[0]
+  assert "no threshold of that rule is recorded" in caplog.text and "--split=validation" in caplog.text
+  assert "stress" not in before["threshold_rule"]  # the checkpoint's validation-only choice, said so
+  # The validation report on the run's own rule records its threshold; another rule's does not.
+  report = evaluate.evaluate_workdir(workdir, split="validation", report_name="own_rule", bootstrap=10)
+  evaluate.evaluate_workdir(workdir, split="validation", report_name="other_rule", threshold_rule="validation",
+                            bootstrap=10)
+  after = predict.predict_files(workdir, [image], output_dir=str(tmp_path / "b"), maps=False)[0]
+  assert after["threshold"] == pytest.approx(report["at_chosen_threshold"]["threshold"])
+  assert "stress shifts" in after["threshold_rule"] and after["threshold_rule"] == report["at_chosen_threshold"]["rule"]
+  assert after["prob_pneumonia"] == before["prob_pneumonia"]
+  recorded = json.load(open(os.path.join(workdir, evaluate.THRESHOLD_FILE)))
+  assert recorded["best"]["step"] == after["checkpoint_step"]
+
+
 def test_predict_command_line_takes_files_and_no_maps(trained, tmp_path):
   import subprocess, sys
   from conftest import REPO

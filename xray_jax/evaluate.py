@@ -14,6 +14,7 @@ hostmem.keep_freed_memory()  # before jax and TensorFlow start their threads (se
 
 # pylint: disable=wrong-import-position
 import dataclasses
+import json
 import os
 import re
 from typing import Any
@@ -85,6 +86,45 @@ def restore_for_eval(workdir: str, which: str) -> tuple[learning.TrainConfig, le
   finally:
     mngr.close()
   return config, state, meta
+
+
+# The threshold of the run's own rule (config.threshold_rule), as evaluate last chose it for a
+# checkpoint: `predict` labels with it. The trainer's checkpoints hold the validation-only
+# choice; the stress rule needs the shifted validation images, so evaluate records it here.
+THRESHOLD_FILE = "chosen_threshold.json"
+
+
+def run_threshold(workdir: str, config: learning.TrainConfig, meta: dict[str, Any],
+                  checkpoint: str) -> tuple[float, str]:
+  """The threshold `predict` labels with, and its rule: the one the run's reports use."""
+  path = os.path.join(workdir, THRESHOLD_FILE)
+  if config.threshold_rule != "validation" and os.path.exists(path):
+    with open(path) as f:
+      recorded = json.load(f)
+    if recorded.get(checkpoint, {}).get("step") == int(meta["step"]):
+      return float(recorded[checkpoint]["threshold"]), recorded[checkpoint]["rule"]
+  threshold = meta.get("chosen_threshold")
+  if threshold is None:
+    logging.warning("The %s checkpoint has no chosen threshold; labelling at 0.5.", checkpoint)
+    return 0.5, "none recorded: 0.5"
+  if config.threshold_rule != "validation":
+    logging.warning("--workdir=%s was trained with --threshold_rule=%s, but no threshold of that rule is recorded "
+                    "for its %s checkpoint (step %d); labelling at the validation-only threshold %.4f. Run "
+                    "`python -m xray_jax.evaluate --workdir=%s --split=validation` once to record it.", workdir,
+                    config.threshold_rule, checkpoint, int(meta["step"]), threshold, workdir)
+  return float(threshold), meta.get("threshold_rule", trainer.THRESHOLD_RULE)
+
+
+def _record_threshold(workdir: str, checkpoint: str, step: int, threshold: float, rule: str) -> None:
+  path = os.path.join(workdir, THRESHOLD_FILE)
+  recorded = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      recorded = json.load(f)
+  recorded[checkpoint] = {"step": step, "threshold": float(threshold), "rule": rule}
+  with open(path + ".tmp", "w") as f:
+    json.dump(recorded, f, indent=1)
+  os.replace(path + ".tmp", path)  # a reader never sees half a file
 
 
 @dataclasses.dataclass
@@ -239,6 +279,8 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
                                      _source_prior(builder, weights) if label_shift == "em" else None)
   if not parallel.is_primary():
     return report
+  if predictor.plain and not temperature_scaling and threshold_rule == config.threshold_rule:
+    _record_threshold(workdir, checkpoint, int(meta["step"]), threshold, rule)
   report_dir = os.path.join(workdir, "reports")
   os.makedirs(report_dir, exist_ok=True)
   report["figures"] = reports.write_figures(report_dir, name, report, preds.labels, preds.probs)

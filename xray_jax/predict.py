@@ -3,9 +3,10 @@
     python -m xray_jax.predict --workdir=runs/cnn IMAGE_OR_FOLDER...
 
 For each JPEG, PNG or DICOM file (folders are searched recursively): the probability of
-PNEUMONIA, the label at the threshold the run chose on its validation split, and a
-saliency overlay PNG, all listed in OUTPUT_DIR/predictions.jsonl (one JSON line each;
-files that cannot be read get a line with their error).
+PNEUMONIA, the label at the threshold the run's reports use (its --threshold_rule, as
+`evaluate` last chose it; the validation-only choice until then), and a saliency overlay
+PNG, all listed in OUTPUT_DIR/predictions.jsonl (one JSON line each; files that cannot be
+read get a line with their error).
 """
 
 from __future__ import annotations
@@ -76,10 +77,7 @@ def predict_files(workdir: str, paths: list[str], *, output_dir: str | None = No
   """Writes predictions.jsonl (and overlays) for `paths`; returns its records."""
   from xray_jax import evaluate  # pylint: disable=g-import-not-at-top
   config, state, meta = evaluate.restore_for_eval(workdir, checkpoint)
-  threshold = meta.get("chosen_threshold")
-  if threshold is None:
-    logging.warning("The %s checkpoint has no chosen threshold; labelling at 0.5.", checkpoint)
-    threshold = 0.5
+  threshold, rule = evaluate.run_threshold(workdir, config, meta, checkpoint)
   model = learning.create_model(config)
   method = saliency.default_method(model, config.image_size) if method == "auto" else method
   variables = learning.inference_variables(state)
@@ -112,7 +110,7 @@ def predict_files(workdir: str, paths: list[str], *, output_dir: str | None = No
     heat = np.asarray(map_fn(variables, x)) if maps else None
     for i, ((path, gray), p) in enumerate(zip(chunk, probs)):
       record = {"file": path, "prob_pneumonia": float(p), "label": images.CLASS_NAMES[int(p >= threshold)],
-                "threshold": float(threshold), "model": config.model, "checkpoint_step": int(meta["step"])}
+                "threshold": float(threshold), "threshold_rule": rule, "model": config.model, "checkpoint_step": int(meta["step"])}
       if heat is not None:
         stem = os.path.splitext(os.path.basename(path))[0]
         names_used[stem] = names_used.get(stem, 0) + 1
