@@ -110,7 +110,8 @@ def predict_files(workdir: str, paths: list[str], *, output_dir: str | None = No
     heat = np.asarray(map_fn(variables, x)) if maps else None
     for i, ((path, gray), p) in enumerate(zip(chunk, probs)):
       record = {"file": path, "prob_pneumonia": float(p), "label": images.CLASS_NAMES[int(p >= threshold)],
-                "threshold": float(threshold), "threshold_rule": rule, "model": config.model, "checkpoint_step": int(meta["step"])}
+                "threshold": float(threshold), "threshold_rule": rule, "model": config.model,
+                "checkpoint_step": int(meta["step"])}
       if heat is not None:
         stem = os.path.splitext(os.path.basename(path))[0]
         names_used[stem] = names_used.get(stem, 0) + 1
