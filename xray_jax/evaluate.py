@@ -101,7 +101,8 @@ def run_threshold(workdir: str, config: learning.TrainConfig, meta: dict[str, An
   if config.threshold_rule != "validation" and os.path.exists(path):
     with open(path) as f:
       recorded = json.load(f)
-    if recorded.get(checkpoint, {}).get("step") == int(meta["step"]):
+    entry = recorded.get(checkpoint, {})
+    if entry.get("step") == int(meta["step"]) and entry.get("rule_key") == config.threshold_rule:
       return float(recorded[checkpoint]["threshold"]), recorded[checkpoint]["rule"]
   threshold = meta.get("chosen_threshold")
   if threshold is None:
@@ -115,13 +116,14 @@ def run_threshold(workdir: str, config: learning.TrainConfig, meta: dict[str, An
   return float(threshold), meta.get("threshold_rule", trainer.THRESHOLD_RULE)
 
 
-def _record_threshold(workdir: str, checkpoint: str, step: int, threshold: float, rule: str) -> None:
+def _record_threshold(workdir: str, checkpoint: str, step: int, threshold: float, rule_key: str,
+                      rule: str) -> None:
   path = os.path.join(workdir, THRESHOLD_FILE)
   recorded = {}
   if os.path.exists(path):
     with open(path) as f:
       recorded = json.load(f)
-  recorded[checkpoint] = {"step": step, "threshold": float(threshold), "rule": rule}
+  recorded[checkpoint] = {"step": step, "threshold": float(threshold), "rule_key": rule_key, "rule": rule}
   with open(path + ".tmp", "w") as f:
     json.dump(recorded, f, indent=1)
   os.replace(path + ".tmp", path)  # a reader never sees half a file
@@ -280,7 +282,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
   if not parallel.is_primary():
     return report
   if predictor.plain and not temperature_scaling and threshold_rule == config.threshold_rule:
-    _record_threshold(workdir, checkpoint, int(meta["step"]), threshold, rule)
+    _record_threshold(workdir, checkpoint, int(meta["step"]), threshold, threshold_rule, rule)
   report_dir = os.path.join(workdir, "reports")
   os.makedirs(report_dir, exist_ok=True)
   report["figures"] = reports.write_figures(report_dir, name, report, preds.labels, preds.probs)
