@@ -9,6 +9,8 @@ Absolute times on a shared machine drift; compare ratios taken in one run. The t
 is timed as the trainer runs it (jitted, state donated, uint8 batch, on-device
 augmentation only with --augment), median over --steps after warm-up, synchronised with
 block_until_ready; FLOPs come from XLA's own cost analysis of the step before optimisation.
+On CPU the train step is compiled as the trainer compiles it (xray_jax/compile_options.py);
+`XRAY_JAX_CPU_CONV=ynnpack` times it with jaxlib's default convolutions instead.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from xray_jax import compile_options
 from xray_jax import layers
 from xray_jax import learning
 
@@ -116,9 +119,9 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   batch_np = {"image": rng.integers(0, 256, (batch, image_size, image_size, 1), dtype=np.uint8),
               "label": rng.integers(0, 2, batch).astype(np.int32)}
   device_batch = jax.device_put(batch_np)
-  step = jax.jit(functools.partial(learning.train_step, class_weights=jnp.array([1.94, 0.67]),
-                                   augment_config=config.augment_config if augment else None),
-                 donate_argnums=0)
+  step = compile_options.jit(functools.partial(learning.train_step, class_weights=jnp.array([1.94, 0.67]),
+                                               augment_config=config.augment_config if augment else None),
+                             donate_argnums=0)
   key = jax.random.key(1)
   train_flops = _model_flops(step, state, device_batch, key)
   t = time.perf_counter()
@@ -148,7 +151,7 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   out = {"framework": "jax-flax", "version": f"jax {jax.__version__}", "model": name, "device": str(jax.devices()[0]),
          "device_kind": jax.devices()[0].device_kind,
          "batch": batch, "params": learning.param_count(state.params), "augment": augment, "dtype": dtype,
-         "conv": conv_kinds(model, image_size),
+         "conv": conv_kinds(model, image_size), "train_xla_options": compile_options.compiler_options(),
          "malloc": MALLOC, "train_page_faults_per_step": round(faults_per_step),
          "infer_page_faults_per_call": round(infer_faults),
          "train_compile_s": round(compile_s, 1),

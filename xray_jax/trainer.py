@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from xray_jax import checkpoints
 from xray_jax import chest_xray
+from xray_jax import compile_options
 from xray_jax import input_pipeline
 from xray_jax import learning
 from xray_jax import losses
@@ -264,7 +265,7 @@ def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite:
   eval_batch_size = parallel.round_up_to_devices(config.eval_batch_size, mesh)
   state = parallel.replicate(state, mesh)
   repl = parallel.replicated(mesh)
-  step_fn = jax.jit(functools.partial(
+  step_fn = compile_options.jit(functools.partial(
       learning.train_step, class_weights=jnp.asarray(weights),
       augment_config=config.augment_config if config.augment else None,
       label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha, ema_decay=config.ema_decay),
