@@ -109,6 +109,13 @@ def conv_kinds(model: nn.Module, image_size: int) -> str:
   return "+".join(sorted(kinds)) or "none"
 
 
+def conv_kernel_grad(kinds: str) -> str:
+  """How the train step computes conv kernel gradients: layers.Conv's matmuls only where YNNPACK convolves."""
+  if kinds == "none":
+    return "none"
+  return "matmuls" if "layers.Conv" in kinds and compile_options.ynnpack_convolutions() else "xla"
+
+
 def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: bool,
                 dtype: str) -> tuple[dict, Callable[[], jax.Array]]:
   """The row of figures, and the compiled train step (on a fixed batch) for other timings to run."""
@@ -119,6 +126,7 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   batch_np = {"image": rng.integers(0, 256, (batch, image_size, image_size, 1), dtype=np.uint8),
               "label": rng.integers(0, 2, batch).astype(np.int32)}
   device_batch = jax.device_put(batch_np)
+  kinds = conv_kinds(model, image_size)
   step = compile_options.jit(functools.partial(learning.train_step, class_weights=jnp.array([1.94, 0.67]),
                                                augment_config=config.augment_config if augment else None),
                              donate_argnums=0)
@@ -151,7 +159,7 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   out = {"framework": "jax-flax", "version": f"jax {jax.__version__}", "model": name, "device": str(jax.devices()[0]),
          "device_kind": jax.devices()[0].device_kind,
          "batch": batch, "params": learning.param_count(state.params), "augment": augment, "dtype": dtype,
-         "conv": conv_kinds(model, image_size), "train_xla_options": compile_options.compiler_options(),
+         "conv": kinds, "conv_kernel_grad": conv_kernel_grad(kinds), "train_xla_options": compile_options.compiler_options(),
          "malloc": MALLOC, "train_page_faults_per_step": round(faults_per_step),
          "infer_page_faults_per_call": round(infer_faults),
          "train_compile_s": round(compile_s, 1),
@@ -272,7 +280,8 @@ def main():
   ap.add_argument("--augment", action="store_true", help="include on-device augmentation in the step")
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
   ap.add_argument("--plain_conv", action="store_true",
-                  help="models use nn.Conv instead of layers.Conv: what the fast kernel gradient delivers")
+                  help="models use nn.Conv instead of layers.Conv: what the matmul kernel gradient delivers "
+                  "(it differs only where convolutions are YNNPACK's: XRAY_JAX_CPU_CONV=ynnpack)")
   ap.add_argument("--data_dir", help="also time the input pipeline on this Kaggle-layout folder")
   ap.add_argument("--tfds_data_dir", default=os.path.join(REPO, "runs", "tfds_bench"))
   ap.add_argument("--turnover_epochs", type=int, default=0,

@@ -41,6 +41,18 @@ def test_fast_max_pool_splits_the_gradient_of_tied_maxima():
   np.testing.assert_allclose(fast, jnp.where(is_max, share, 0), rtol=1e-6)
 
 
+@pytest.fixture
+def matmul_kernel_grad(monkeypatch):
+  """The setting where layers.conv_general_dilated computes kernel gradients as matmuls."""
+  monkeypatch.setenv("XRAY_JAX_CPU_CONV", "ynnpack")
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert jax.default_backend() == "cpu"
+
+
+def _uses_custom_gradient(conv, x, k, **kwargs) -> bool:
+  return "custom_vjp_call" in str(jax.make_jaxpr(lambda x, k: conv(x, k, **kwargs))(x, k))
+
+
 def _value_and_grads(conv, x, k, **kwargs):
   y = conv(x, k, **kwargs)
   g = jax.random.normal(jax.random.key(7), y.shape)  # a random cotangent, not a symmetric one
@@ -57,10 +69,11 @@ NHWC = ("NHWC", "HWIO", "NHWC")
     ((2, 9, 9, 4), (3, 3, 4, 6), "VALID"),
     ((2, 11, 13, 3), (5, 3, 3, 4), ((2, 1), (0, 3))),  # non-square kernel, uneven explicit padding
 ])
-def test_fast_conv_equals_lax_conv_in_values_and_gradients(x_shape, k_shape, padding):
+def test_fast_conv_equals_lax_conv_in_values_and_gradients(x_shape, k_shape, padding, matmul_kernel_grad):
   x = jax.random.normal(jax.random.key(0), x_shape)
   k = jax.random.normal(jax.random.key(1), k_shape)
   kwargs = dict(window_strides=(1, 1), padding=padding, dimension_numbers=NHWC)
+  assert _uses_custom_gradient(layers.conv_general_dilated, x, k, **kwargs)
   got = _value_and_grads(layers.conv_general_dilated, x, k, **kwargs)
   want = _value_and_grads(lax.conv_general_dilated, x, k, **kwargs)
   np.testing.assert_array_equal(got[0], want[0])  # forward: the same XLA convolution
@@ -69,16 +82,29 @@ def test_fast_conv_equals_lax_conv_in_values_and_gradients(x_shape, k_shape, pad
   np.testing.assert_allclose(got[2], want[2], rtol=1e-5, atol=1e-5 * float(jnp.abs(want[2]).max()))
 
 
-def test_fast_conv_leaves_strided_convs_to_lax():
+def test_fast_conv_is_lax_where_xla_convolves(monkeypatch):
+  # The CPU default: XLA's own convolutions, whose kernel gradient beats the matmuls.
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+  kwargs = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC)
+  monkeypatch.delenv("XRAY_JAX_CPU_CONV", raising=False)
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert not _uses_custom_gradient(layers.conv_general_dilated, x, k, **kwargs)
+  monkeypatch.setenv("XRAY_JAX_CPU_CONV", "ynnpack")
+  assert _uses_custom_gradient(layers.conv_general_dilated, x, k, **kwargs)
+
+
+def test_fast_conv_leaves_strided_convs_to_lax(matmul_kernel_grad):
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
   k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
   kwargs = dict(window_strides=(2, 2), padding="SAME", dimension_numbers=NHWC)
+  assert not _uses_custom_gradient(layers.conv_general_dilated, x, k, **kwargs)
   for got, want in zip(_value_and_grads(layers.conv_general_dilated, x, k, **kwargs),
                        _value_and_grads(lax.conv_general_dilated, x, k, **kwargs)):
     np.testing.assert_array_equal(got, want)
 
 
-def test_fast_conv_module_has_nn_conv_parameters_and_gradients():
+def test_fast_conv_module_has_nn_conv_parameters_and_gradients(matmul_kernel_grad):
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
   fast, ref = layers.Conv(8, (3, 3)), nn.Conv(8, (3, 3))
   params = ref.init(jax.random.key(1), x)

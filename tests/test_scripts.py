@@ -86,7 +86,7 @@ def test_benchmark_times_the_step_without_tensorflow_and_reports_mfu():
   assert row["train_mfu"] == round(row["train_gflop_per_s"] / 1e3, 4) > 0
 
 
-def test_benchmark_reports_the_convolution_each_model_really_builds():
+def test_benchmark_reports_the_convolution_each_model_really_builds(monkeypatch):
   import importlib.util  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from xray_jax import layers, models  # pylint: disable=g-import-not-at-top
@@ -95,6 +95,13 @@ def test_benchmark_reports_the_convolution_each_model_really_builds():
   spec.loader.exec_module(benchmark)
   assert benchmark.conv_kinds(models.get_model("cnn"), 32) == "nn.Conv"
   assert benchmark.conv_kinds(models.get_model("refcnn"), 32) == "layers.Conv"
+  # layers.Conv's matmul kernel gradient is used only where YNNPACK convolves (layers.py).
+  monkeypatch.delenv("XRAY_JAX_CPU_CONV", raising=False)
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert benchmark.conv_kernel_grad("layers.Conv") == benchmark.conv_kernel_grad("nn.Conv") == "xla"
+  monkeypatch.setenv("XRAY_JAX_CPU_CONV", "ynnpack")
+  assert benchmark.conv_kernel_grad("layers.Conv") == "matmuls"
+  assert benchmark.conv_kernel_grad("nn.Conv") == "xla" and benchmark.conv_kernel_grad("none") == "none"
   fast = layers.Conv
   try:  # what --plain_conv does
     layers.Conv = nn.Conv

@@ -65,6 +65,15 @@ def compiler_options() -> dict[str, str]:
   return options if options and _accepted(tuple(sorted(options.items()))) else {}
 
 
+def ynnpack_convolutions() -> bool:
+  """Whether a step jitted by `jit` leaves its convolutions to YNNPACK: on CPU, where the
+  option is not applied (`XRAY_JAX_CPU_CONV=ynnpack`, or a jaxlib that rejects it). False
+  where XLA_FLAGS sets the option: what the user's list holds is not read here.
+  """
+  return (jax.default_backend() == "cpu" and not compiler_options()
+          and OPTION not in os.environ.get("XLA_FLAGS", ""))
+
+
 def jit(fun: Callable[..., Any], **kwargs: Any) -> Any:
   """`jax.jit` with `compiler_options()`; for the steps that carry the model's convolutions."""
   return jax.jit(fun, compiler_options=compiler_options() or None, **kwargs)

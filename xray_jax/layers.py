@@ -7,6 +7,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from xray_jax import compile_options
+
 
 def max_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   """2x2 max-pool, stride 2, as a reshape and a max.
@@ -58,22 +60,25 @@ def _kernel_grad_by_rows(x, g, pads, kh: int, kw: int):
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated` whose kernel gradient is matmuls on CPU; same math.
+  """`lax.conv_general_dilated` whose kernel gradient is matmuls where YNNPACK convolves; same math.
 
   Pass as `nn.Conv(..., conv_general_dilated=layers.conv_general_dilated)` (or use
   `layers.Conv`). The forward pass and the input gradient are XLA's own convolutions.
-  What changes is the kernel gradient of stride-1 NHWC convs on the CPU backend: XLA:CPU
-  runs it as a convolution whose "kernel" is the whole output gradient, at a few
-  GFLOP/s, while the same sums written as one matmul per kernel row run near the
-  matmul rate (benchmarks/RESULTS.md has the measurements). Other backends (cuDNN has
-  fast kernel-gradient algorithms) and other conv shapes use lax unchanged.
+  What changes is the kernel gradient of stride-1 NHWC convs, and only where the train
+  step leaves convolutions to YNNPACK (CPU under `XRAY_JAX_CPU_CONV=ynnpack`, see
+  compile_options): YNNPACK runs it on one thread, slower than the same sums written as
+  one matmul per kernel row (`refcnn` 1.17x with them there). With XLA's own (Eigen)
+  convolutions, the CPU default, Eigen's kernel gradient is the faster (`refcnn` 1.16x
+  without the matmuls), and so are cuDNN's on GPU: there, and for other conv shapes, this
+  is `lax.conv_general_dilated` unchanged (benchmarks/RESULTS.md has the measurements).
+  Decided when traced, by this process's settings.
   """
   ref = functools.partial(
       lax.conv_general_dilated, window_strides=window_strides, padding=padding,
       lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, batch_group_count=batch_group_count,
       precision=precision, preferred_element_type=preferred_element_type)
-  if jax.default_backend() != "cpu" or not _is_plain_nhwc_conv(
+  if not compile_options.ynnpack_convolutions() or not _is_plain_nhwc_conv(
       lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
       feature_group_count, batch_group_count):
     return ref(lhs, rhs)
@@ -97,5 +102,5 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   return conv(lhs, rhs)
 
 
-# nn.Conv with the kernel gradient above: same parameters and names as nn.Conv.
+# nn.Conv with the kernel gradient above where it pays: same parameters and names as nn.Conv.
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
