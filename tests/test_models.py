@@ -12,7 +12,7 @@ from xray_jax.errors import UsageError
 # Pinned so that an accidental architecture change shows up as a failing test.
 PARAM_COUNTS = {"cnn": 1_179_986, "cnn_dropout": 1_179_986, "cnn_gn": 1_179_986, "cnn_narrow": 664_238,
                 "cnn_res": 1_224_514, "cnn_std": 1_179_986,
-                "cnn_std_centre": 1_179_986, "mlp": 8_455_042, "refcnn": 389_314}
+                "cnn_std_centre": 1_179_986, "cnn_wide": 1_842_902, "mlp": 8_455_042, "refcnn": 389_314}
 
 
 def _init(model, size=128):
@@ -51,7 +51,7 @@ def test_jit_and_eager_agree(name):
 
 
 def test_unknown_model_lists_known_ones():
-  with pytest.raises(UsageError, match="known models: cnn, cnn_dropout, cnn_gn, cnn_narrow, cnn_res, cnn_std, cnn_std_centre, mlp, refcnn"):
+  with pytest.raises(UsageError, match="known models: cnn, cnn_dropout, cnn_gn, cnn_narrow, cnn_res, cnn_std, cnn_std_centre, cnn_wide, mlp, refcnn"):
     models.get_model("resnet9000")
 
 
@@ -88,13 +88,15 @@ def test_bfloat16_compute_keeps_float32_parameters(name):
   np.testing.assert_allclose(got.astype(jnp.float32), want, atol=0.05 * float(jnp.abs(want).max()) + 1e-3)
 
 
-def test_cnn_narrow_is_cnn_at_three_quarter_widths():
-  """The subclass changes only the widths: same layer names, kernels 3/4 as wide."""
-  wide = _init(models.get_model("cnn"), 64)["params"]
-  narrow = _init(models.get_model("cnn_narrow"), 64)["params"]
-  assert jax.tree.structure(wide) == jax.tree.structure(narrow)
-  for w, n in zip(jax.tree.leaves(wide), jax.tree.leaves(narrow)):
-    assert n.shape == tuple(d if d in (1, 2, 3) else d * 3 // 4 for d in w.shape)
+@pytest.mark.parametrize("name,base,num,den", [("cnn_narrow", "cnn", 3, 4), ("cnn_wide", "cnn_std_centre", 5, 4)])
+def test_width_variants_change_only_the_widths(name, base, num, den):
+  """The subclass changes only the widths: same layer names, kernels num/den as wide."""
+  ref = _init(models.get_model(base), 64)["params"]
+  got = _init(models.get_model(name), 64)["params"]
+  assert jax.tree.structure(ref) == jax.tree.structure(got)
+  for r, g in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
+    assert g.shape == tuple(d if d in (1, 2, 3) else d * num // den for d in r.shape)
+  assert type(models.get_model(name)).__mro__[1] is type(models.get_model(base))
 
 
 def test_cnn_dropout_is_cnn_with_only_a_higher_dropout_rate():
