@@ -109,11 +109,19 @@ def conv_kinds(model: nn.Module, image_size: int) -> str:
   return "+".join(sorted(kinds)) or "none"
 
 
+ONE_CHANNEL_TAPS = "xla; one-channel inputs: taps forward, matmul"
+
+
 def conv_kernel_grad(kinds: str) -> str:
-  """How the train step computes conv kernel gradients: layers.Conv's matmuls only where YNNPACK convolves."""
+  """How the train step's convolutions depart from lax (layers.conv_general_dilated says why):
+  with layers.Conv on CPU, kernel gradients as matmuls where YNNPACK convolves, else only
+  one-channel inputs (the first layer) by taps forward and one matmul for the kernel gradient.
+  """
   if kinds == "none":
     return "none"
-  return "matmuls" if "layers.Conv" in kinds and compile_options.ynnpack_convolutions() else "xla"
+  if "layers.Conv" not in kinds or jax.default_backend() != "cpu":
+    return "xla"
+  return "matmuls" if compile_options.ynnpack_convolutions() else ONE_CHANNEL_TAPS
 
 
 def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: bool,

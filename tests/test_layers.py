@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from xray_jax import compile_options
 from xray_jax import layers
 
 
@@ -104,8 +105,53 @@ def test_fast_conv_leaves_strided_convs_to_lax(matmul_kernel_grad):
     np.testing.assert_array_equal(got, want)
 
 
-def test_fast_conv_module_has_nn_conv_parameters_and_gradients(matmul_kernel_grad):
-  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+@pytest.fixture
+def xla_convolutions(monkeypatch):
+  """The CPU default: XLA's own convolutions in the train step."""
+  monkeypatch.delenv("XRAY_JAX_CPU_CONV", raising=False)
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert jax.default_backend() == "cpu" and not compile_options.ynnpack_convolutions()
+
+
+@pytest.mark.parametrize("x_shape,k_shape,padding", [
+    ((2, 16, 16, 1), (3, 3, 1, 8), "SAME"),
+    ((3, 12, 10, 1), (5, 3, 1, 4), ((2, 1), (0, 3))),  # non-square kernel, uneven explicit padding
+    ((2, 9, 9, 1), (3, 3, 1, 6), "VALID"),
+])
+def test_one_channel_conv_equals_lax_conv_in_values_and_gradients(x_shape, k_shape, padding, xla_convolutions):
+  x = jax.random.uniform(jax.random.key(0), x_shape)
+  k = jax.random.normal(jax.random.key(1), k_shape)
+  kwargs = dict(window_strides=(1, 1), padding=padding, dimension_numbers=NHWC)
+  fast = lambda x, k: layers.conv_general_dilated(x, k, **kwargs)
+  ref = lambda x, k: lax.conv_general_dilated(x, k, **kwargs)
+  assert _uses_custom_gradient(layers.conv_general_dilated, x, k, **kwargs)
+  # Not differentiated (inference): the lax op itself.
+  np.testing.assert_array_equal(jax.jit(fast)(x, k), jax.jit(ref)(x, k))
+  # Differentiated: the forward pass by multiply-adds and the kernel gradient by one matmul,
+  # the same sums in another order; the input gradient is XLA's own.
+  y, fast_vjp = jax.vjp(fast, x, k)
+  want_y, ref_vjp = jax.vjp(ref, x, k)
+  np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-6 * float(jnp.abs(want_y).max()))
+  g = jax.random.normal(jax.random.key(7), y.shape)
+  (dx, dk), (want_dx, want_dk) = fast_vjp(g), ref_vjp(g)
+  np.testing.assert_array_equal(dx, want_dx)
+  np.testing.assert_allclose(dk, want_dk, rtol=1e-5, atol=1e-5 * float(jnp.abs(want_dk).max()))
+
+
+def test_one_channel_path_is_float32_only(xla_convolutions):
+  x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 1, 4))
+  kwargs = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC)
+  assert _uses_custom_gradient(layers.conv_general_dilated, x, k, **kwargs)
+  assert not _uses_custom_gradient(layers.conv_general_dilated, x.astype(jnp.bfloat16),
+                                   k.astype(jnp.bfloat16), **kwargs)
+
+
+@pytest.mark.parametrize("channels,setting", [(3, "matmul_kernel_grad"), (1, "matmul_kernel_grad"),
+                                              (1, "xla_convolutions")])
+def test_fast_conv_module_has_nn_conv_parameters_and_gradients(channels, setting, request):
+  request.getfixturevalue(setting)
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, channels))
   fast, ref = layers.Conv(8, (3, 3)), nn.Conv(8, (3, 3))
   params = ref.init(jax.random.key(1), x)
   assert jax.tree.structure(fast.init(jax.random.key(1), x)) == jax.tree.structure(params)

@@ -43,12 +43,16 @@ def _kernel_grad_by_rows(x, g, pads, kh: int, kw: int):
 
   For kernel row i, the kw horizontally shifted copies of the padded input rows
   i..i+H are put side by side ([N*H*W, kw*Cin]) and contracted with the output
-  gradient ([N*H*W, Cout]) over all pixels.
+  gradient ([N*H*W, Cout]) over all pixels. With one input channel, all kh*kw taps
+  stacked ([kh*kw, N*H*W]) make a single matmul that needs no transposed copy.
   """
   xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
   _, h, w, cout = g.shape
   cin = x.shape[-1]
   g2 = g.reshape(-1, cout)
+  if cin == 1:
+    taps = jnp.stack([xp[:, i:i + h, j:j + w, 0] for i in range(kh) for j in range(kw)])
+    return (taps.reshape(kh * kw, -1) @ g2).reshape(kh, kw, 1, cout)
   rows = []
   for i in range(kh):
     band = xp[:, i:i + h]
@@ -57,30 +61,58 @@ def _kernel_grad_by_rows(x, g, pads, kh: int, kw: int):
   return jnp.stack(rows)
 
 
+def _conv_one_channel_by_taps(x, k, pads):
+  """A stride-1 NHWC conv of a one-channel input as kh*kw broadcast multiply-adds.
+
+  Elementwise, so XLA fuses it into whatever reads the output (in the train step, the
+  bias add and BatchNorm's passes read the 4 MB input instead of a 134 MB activation).
+  """
+  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  h, w = xp.shape[1] - k.shape[0] + 1, xp.shape[2] - k.shape[1] + 1  # the output's size
+  out = None
+  for i in range(k.shape[0]):
+    for j in range(k.shape[1]):
+      tap = xp[:, i:i + h, j:j + w, :] * k[i, j, 0]
+      out = tap if out is None else out + tap
+  return out
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated` whose kernel gradient is matmuls where YNNPACK convolves; same math.
+  """`lax.conv_general_dilated` with faster gradient passes on CPU; same math.
 
   Pass as `nn.Conv(..., conv_general_dilated=layers.conv_general_dilated)` (or use
-  `layers.Conv`). The forward pass and the input gradient are XLA's own convolutions.
-  What changes is the kernel gradient of stride-1 NHWC convs, and only where the train
-  step leaves convolutions to YNNPACK (CPU under `XRAY_JAX_CPU_CONV=ynnpack`, see
-  compile_options): YNNPACK runs it on one thread, slower than the same sums written as
-  one matmul per kernel row (`refcnn` 1.17x with them there). With XLA's own (Eigen)
-  convolutions, the CPU default, Eigen's kernel gradient is the faster (`refcnn` 1.16x
-  without the matmuls), and so are cuDNN's on GPU: there, and for other conv shapes, this
-  is `lax.conv_general_dilated` unchanged (benchmarks/RESULTS.md has the measurements).
-  Decided when traced, by this process's settings.
+  `layers.Conv`). Only stride-1 NHWC convs on the CPU change, and only under
+  differentiation: a call that is not differentiated (inference) is the lax op.
+
+  - Where the train step leaves convolutions to YNNPACK (`XRAY_JAX_CPU_CONV=ynnpack`, see
+    compile_options): the kernel gradient as one matmul per kernel row, since YNNPACK runs
+    it on one thread (`refcnn` 1.17x with them there). With XLA's own (Eigen)
+    convolutions, the CPU default, Eigen's kernel gradient is the faster (`refcnn` 1.16x
+    without the matmuls), and so are cuDNN's on GPU.
+  - Under the default, a float32 input with one channel (the first layer): the forward
+    pass as kh*kw multiply-adds, which XLA fuses into the passes after it, and the kernel
+    gradient as one matmul of the kh*kw shifted copies of the input (4 MB each) with the
+    output gradient, which skips the transposed copy of that gradient XLA makes for its
+    own (`refcnn` 1.06x). Not in inference: there YNNPACK fuses the layers after the
+    convolution and the multiply-adds get materialised (0.72x).
+  The input gradient is always XLA's. Decided when traced, by this process's settings;
+  benchmarks/RESULTS.md has the measurements.
   """
   ref = functools.partial(
       lax.conv_general_dilated, window_strides=window_strides, padding=padding,
       lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, batch_group_count=batch_group_count,
       precision=precision, preferred_element_type=preferred_element_type)
-  if not compile_options.ynnpack_convolutions() or not _is_plain_nhwc_conv(
+  if jax.default_backend() != "cpu" or not _is_plain_nhwc_conv(
       lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
       feature_group_count, batch_group_count):
+    return ref(lhs, rhs)
+  ynnpack = compile_options.ynnpack_convolutions()
+  one_channel = (not ynnpack and lhs.shape[-1] == 1 and lhs.dtype == rhs.dtype == jnp.float32
+                 and preferred_element_type in (None, jnp.float32))
+  if not (ynnpack or one_channel):
     return ref(lhs, rhs)
   kh, kw = rhs.shape[:2]
   pads = (lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
@@ -91,7 +123,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     return ref(x, k)
 
   def conv_fwd(x, k):
-    return ref(x, k), (x, k)
+    return (_conv_one_channel_by_taps(x, k, pads) if one_channel else ref(x, k)), (x, k)
 
   def conv_bwd(residuals, g):
     x, k = residuals
