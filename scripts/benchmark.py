@@ -94,7 +94,7 @@ def _model_flops(fn, *args) -> float | None:
 
 
 def conv_kinds(model: nn.Module, image_size: int) -> str:
-  """Which convolutions the model really builds: nn.Conv, layers.Conv (the fast kernel gradient), both."""
+  """Which convolutions the model really builds: nn.Conv, layers.Conv (faster gradient passes), both."""
   kinds = set()
 
   def record(next_fun, args, kwargs, context):
@@ -288,8 +288,8 @@ def main():
   ap.add_argument("--augment", action="store_true", help="include on-device augmentation in the step")
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
   ap.add_argument("--plain_conv", action="store_true",
-                  help="models use nn.Conv instead of layers.Conv: what the matmul kernel gradient delivers "
-                  "(it differs only where convolutions are YNNPACK's: XRAY_JAX_CPU_CONV=ynnpack)")
+                  help="models use nn.Conv instead of layers.Conv: what layers.Conv's gradient passes deliver "
+                  "(on CPU: one-channel inputs by default, every kernel gradient under XRAY_JAX_CPU_CONV=ynnpack)")
   ap.add_argument("--data_dir", help="also time the input pipeline on this Kaggle-layout folder")
   ap.add_argument("--tfds_data_dir", default=os.path.join(REPO, "runs", "tfds_bench"))
   ap.add_argument("--turnover_epochs", type=int, default=0,
