@@ -12,7 +12,7 @@ from xray_jax.errors import UsageError
 # Pinned so that an accidental architecture change shows up as a failing test.
 PARAM_COUNTS = {"cnn": 1_179_986, "cnn_dropout": 1_179_986, "cnn_gn": 1_179_986, "cnn_narrow": 664_238,
                 "cnn_res": 1_224_514, "cnn_std": 1_179_986,
-                "cnn_std_centre": 1_179_986, "cnn_wide": 1_842_902, "mlp": 8_455_042, "refcnn": 389_314}
+                "cnn_rank_centre": 1_179_986, "cnn_std_centre": 1_179_986, "cnn_wide": 1_842_902, "mlp": 8_455_042, "refcnn": 389_314}
 
 
 def _init(model, size=128):
@@ -51,7 +51,7 @@ def test_jit_and_eager_agree(name):
 
 
 def test_unknown_model_lists_known_ones():
-  with pytest.raises(UsageError, match="known models: cnn, cnn_dropout, cnn_gn, cnn_narrow, cnn_res, cnn_std, cnn_std_centre, cnn_wide, mlp, refcnn"):
+  with pytest.raises(UsageError, match="known models: cnn, cnn_dropout, cnn_gn, cnn_narrow, cnn_rank_centre, cnn_res, cnn_std, cnn_std_centre, cnn_wide, mlp, refcnn"):
     models.get_model("resnet9000")
 
 
@@ -187,3 +187,27 @@ def test_cnn_std_centre_takes_its_statistics_from_the_central_square_only():
   centre = x[inner]
   expected = (x - centre.mean(axis=(1, 2, 3), keepdims=True)) / centre.std(axis=(1, 2, 3), keepdims=True)
   np.testing.assert_allclose(cnn_std.standardise(x, 0.5), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cnn_rank_centre_ignores_monotone_changes_of_intensity_and_is_cnn_on_central_ranks():
+  from xray_jax.models import cnn_rank_centre
+  model, plain = models.get_model("cnn_rank_centre"), models.get_model("cnn")
+  variables = _init(model, 64)
+  assert jax.tree.structure(variables) == jax.tree.structure(_init(plain, 64))
+  # Whole grey levels, as films are: many pixels tie.
+  x = jnp.round(jax.random.uniform(jax.random.key(1), (2, 64, 64, 1), minval=0.1, maxval=0.9) * 255) / 255
+  out = model.apply(variables, x, train=False)
+  for changed in (x ** 1.7, 0.5 * x + 0.2, jnp.sqrt(x)):  # gamma, contrast and brightness, a tone curve
+    np.testing.assert_array_equal(model.apply(variables, changed, train=False), out)
+  # Each pixel's mid-rank among the central square's pixels, spread to deviation about 1 there.
+  r = cnn_rank_centre.rank_transform(x)
+  centre = np.asarray(x[:, 16:48, 16:48]).reshape(2, -1)
+  image, row, col = 1, 5, 40  # a pixel outside the centre
+  v = float(x[image, row, col, 0])
+  rank = ((centre[image] < v).sum() + (centre[image] <= v).sum()) / (2 * centre.shape[1])
+  np.testing.assert_allclose(r[image, row, col, 0], (rank - 0.5) * np.sqrt(12), rtol=1e-6)
+  assert abs(float(r[:, 16:48, 16:48].mean())) < 0.02 and abs(float(r[:, 16:48, 16:48].std()) - 1) < 0.02
+  np.testing.assert_allclose(plain.apply(variables, r, train=False), out, rtol=1e-6)
+  # A black border (a film framed wider) leaves every central pixel's value unchanged.
+  framed = x.at[:, :8].set(0.0).at[:, -8:].set(0.0)
+  np.testing.assert_array_equal(cnn_rank_centre.rank_transform(framed)[:, 16:48, 16:48], r[:, 16:48, 16:48])
