@@ -38,27 +38,29 @@ def _is_plain_nhwc_conv(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, di
           and feature_group_count == 1 and batch_group_count == 1)
 
 
+def _shifted_copies(x, pads, kh: int, kw: int) -> list[list[jnp.ndarray]]:
+  """copies[i][j]: the padded input shifted by kernel tap (i, j), the output's size ([N, H', W', Cin])."""
+  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+  return [[xp[:, i:i + h, j:j + w, :] for j in range(kw)] for i in range(kh)]
+
+
 def _kernel_grad_by_rows(x, g, pads, kh: int, kw: int):
   """d loss / d kernel of a stride-1 NHWC conv: one matmul per kernel row.
 
-  For kernel row i, the kw horizontally shifted copies of the padded input rows
-  i..i+H are put side by side ([N*H*W, kw*Cin]) and contracted with the output
-  gradient ([N*H*W, Cout]) over all pixels. With one input channel, all kh*kw taps
-  stacked ([kh*kw, N*H*W]) make a single matmul that needs no transposed copy.
+  For kernel row i, the kw shifted copies of the padded input are put side by side
+  ([N*H*W, kw*Cin]) and contracted with the output gradient ([N*H*W, Cout]) over all
+  pixels. With one input channel, all kh*kw copies stacked ([kh*kw, N*H*W]) make a
+  single matmul that needs no transposed copy.
   """
-  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
-  _, h, w, cout = g.shape
-  cin = x.shape[-1]
+  copies = _shifted_copies(x, pads, kh, kw)
+  cin, cout = x.shape[-1], g.shape[-1]
   g2 = g.reshape(-1, cout)
   if cin == 1:
-    taps = jnp.stack([xp[:, i:i + h, j:j + w, 0] for i in range(kh) for j in range(kw)])
+    taps = jnp.stack([c[..., 0] for row in copies for c in row])
     return (taps.reshape(kh * kw, -1) @ g2).reshape(kh, kw, 1, cout)
-  rows = []
-  for i in range(kh):
-    band = xp[:, i:i + h]
-    patches = jnp.concatenate([band[:, :, j:j + w, :] for j in range(kw)], axis=-1)
-    rows.append((patches.reshape(-1, kw * cin).T @ g2).reshape(kw, cin, cout))
-  return jnp.stack(rows)
+  return jnp.stack([(jnp.concatenate(row, axis=-1).reshape(-1, kw * cin).T @ g2).reshape(kw, cin, cout)
+                    for row in copies])
 
 
 def _conv_one_channel_by_taps(x, k, pads):
@@ -67,12 +69,12 @@ def _conv_one_channel_by_taps(x, k, pads):
   Elementwise, so XLA fuses it into whatever reads the output (in the train step, the
   bias add and BatchNorm's passes read the 4 MB input instead of a 134 MB activation).
   """
-  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
-  h, w = xp.shape[1] - k.shape[0] + 1, xp.shape[2] - k.shape[1] + 1  # the output's size
+  kh, kw = k.shape[:2]
+  copies = _shifted_copies(x, pads, kh, kw)
   out = None
-  for i in range(k.shape[0]):
-    for j in range(k.shape[1]):
-      tap = xp[:, i:i + h, j:j + w, :] * k[i, j, 0]
+  for i in range(kh):
+    for j in range(kw):
+      tap = copies[i][j] * k[i, j, 0]
       out = tap if out is None else out + tap
   return out
 

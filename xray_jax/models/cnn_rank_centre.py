@@ -13,24 +13,23 @@ import jax
 import jax.numpy as jnp
 
 from xray_jax.models import cnn
+from xray_jax.models import cnn_std
 
 
 def rank_transform(x_BxHxWxC: jnp.ndarray, centre: float = 0.5) -> jnp.ndarray:
   """Each pixel's mid-rank among the central `centre` fraction (per side) of its image's pixels,
   as (rank - 1/2) * sqrt(12): about mean 0, deviation 1 inside that square."""
   x = x_BxHxWxC.astype(jnp.float32)
-  h, w = x.shape[1:3]
-  dh, dw = round(h * (1 - centre) / 2), round(w * (1 - centre) / 2)
 
-  def one(image):
-    reference = jnp.sort(image[dh:h - dh, dw:w - dw].ravel())
+  def one(image, region):
+    reference = jnp.sort(region.ravel())
     flat = image.ravel()
     below = jnp.searchsorted(reference, flat, side="left")
     not_above = jnp.searchsorted(reference, flat, side="right")
     rank = (below + not_above) / (2.0 * reference.size)
     return ((rank - 0.5) * jnp.sqrt(12.0)).reshape(image.shape)
 
-  return jax.lax.stop_gradient(jax.vmap(one)(x))
+  return jax.lax.stop_gradient(jax.vmap(one)(x, cnn_std.central_square(x, centre)))
 
 
 class Model(cnn.Model):

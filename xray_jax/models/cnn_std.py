@@ -18,17 +18,20 @@ from xray_jax.models import cnn
 MIN_STD = 1e-2
 
 
+def central_square(x_BxHxWxC: jnp.ndarray, centre: float) -> jnp.ndarray:
+  """The central `centre` fraction of each side of every image (all of it for centre = 1)."""
+  h, w = x_BxHxWxC.shape[1:3]
+  dh, dw = round(h * (1 - centre) / 2), round(w * (1 - centre) / 2)
+  return x_BxHxWxC[:, dh:h - dh, dw:w - dw, :]
+
+
 def standardise(x_BxHxWxC: jnp.ndarray, centre: float = 1.0) -> jnp.ndarray:
   """Each image minus its mean, over its standard deviation (floored at MIN_STD).
 
   The mean and deviation are those of the central `centre` fraction of each side.
   """
   x = x_BxHxWxC.astype(jnp.float32)
-  region = x
-  if centre < 1.0:
-    h, w = x.shape[1:3]
-    dh, dw = round(h * (1 - centre) / 2), round(w * (1 - centre) / 2)
-    region = x[:, dh:h - dh, dw:w - dw, :]
+  region = central_square(x, centre)
   mean = jnp.mean(region, axis=(1, 2, 3), keepdims=True)
   std = jnp.std(region, axis=(1, 2, 3), keepdims=True)
   return (x - mean) / jnp.maximum(std, MIN_STD)
