@@ -9,9 +9,9 @@ import tempfile
 # Many tests start the train, evaluate and predict commands, and each process compiled the same
 # programs again (a 2-step `cnn` run: 26 s, 10 s with its programs cached). So the session shares
 # JAX's persistent compilation cache, in a fresh temporary folder that no other session sees (or in
-# JAX_COMPILATION_CACHE_DIR if set). The cache key is the program with its compile options, and
-# a cached run writes the same metrics.jsonl, byte for byte, as a compiled one. Set before jax is
-# imported, so this process and the commands it starts all use it.
+# JAX_COMPILATION_CACHE_DIR if set; set empty, no cache). The cache key is the program with its
+# compile options, and a cached run writes the same metrics.jsonl, byte for byte, as a compiled
+# one. Set before jax is imported, so this process and the commands it starts all use it.
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="xray_jax_tests_jit_cache_")
