@@ -12,9 +12,9 @@ import tempfile
 # JAX_COMPILATION_CACHE_DIR if set; set empty, no cache). The cache key is the program with its
 # compile options, and a cached run writes the same metrics.jsonl, byte for byte, as a compiled
 # one. Set before jax is imported, so this process and the commands it starts all use it.
-_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
-if _OWN_CACHE:
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="xray_jax_tests_jit_cache_")
+_OWN_CACHE_DIR = None  # the folder this session made, removed at its end
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_CACHE_DIR = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="xray_jax_tests_jit_cache_")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import numpy as np
@@ -76,5 +76,5 @@ def copy_of_sample(tmp_path):
 
 
 def pytest_sessionfinish(session, exitstatus):
-  if _OWN_CACHE:
-    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+  if _OWN_CACHE_DIR:
+    shutil.rmtree(_OWN_CACHE_DIR, ignore_errors=True)
