@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Trains one experiment with several seeds, one workdir each (runs/<name>_s<seed>), and
-# evaluates each on the stress-validation set and on Kaggle's val/ split, for the mean and
+# evaluates each on the stress-validation set (its standard and its unseen shifts) and on
+# Kaggle's val/ split, for the mean and
 # spread that experiments/RESULTS.md reports (scripts/summarize_runs.py makes the table).
 # A complete run is resumed, which returns at once, so the script can be rerun after an
 # interruption.
@@ -25,5 +26,7 @@ for seed in "$@"; do
   echo "== $name seed $seed trained in $(cat "$wd/$wall_file") s ($wall_file)"
   .venv/bin/python -m xray_jax.evaluate --workdir="$wd" --split=validation --stress --label_shift=em \
     --report_name=validation_stress --mistake_maps=0
+  .venv/bin/python -m xray_jax.evaluate --workdir="$wd" --split=validation --stress --stress_set=unseen \
+    --label_shift=em --report_name=validation_unseen --mistake_maps=0
   .venv/bin/python -m xray_jax.evaluate --workdir="$wd" --split=kaggle_val --mistake_maps=0
 done

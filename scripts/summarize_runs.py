@@ -2,11 +2,12 @@
 
     python scripts/summarize_runs.py cnn cnn_affine cnn_seed mlp_baseline
     python scripts/summarize_runs.py "cnn, ensemble of 3=runs/cnn_s0/reports/ensemble_validation_stress.json"
+    python scripts/summarize_runs.py --report=validation_unseen --per_shift cnn cnn_plain
 
-An argument NAME reads runs/NAME_s*/reports/validation_stress.json (and kaggle_val.json,
-wall_time_s.txt beside them); LABEL=GLOB reads the report files GLOB matches. Figures are
-mean +- sample standard deviation over the runs found ("n" says how many); nothing is
-filled in by hand.
+An argument NAME reads runs/NAME_s*/reports/REPORT.json (--report, default validation_stress;
+and kaggle_val.json, wall_time_s.txt beside them); LABEL=GLOB reads the report files GLOB
+matches. Figures are mean +- sample standard deviation over the runs found ("n" says how
+many); nothing is filled in by hand. --per_shift adds a table of each stress shift.
 """
 
 import argparse
@@ -36,6 +37,9 @@ COLUMNS = (
 )
 
 
+SHIFT_COLUMNS = ("roc_auc", "sensitivity", "specificity")
+
+
 def _fmt(values: list[float], digits: int = 4, of: int | None = None) -> str:
   """Mean ± sample std; "(n=k)" when only k of the `of` runs have the figure."""
   if not values:
@@ -55,7 +59,11 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("groups", nargs="+")
   ap.add_argument("--runs_dir", default="runs")
+  ap.add_argument("--report", default="validation_stress", help="report name that NAME arguments read")
+  ap.add_argument("--per_shift", action="store_true", help="also a table: each shift's ROC AUC, sensitivity "
+                  "and specificity at the run's threshold")
   args = ap.parse_args()
+  per_shift = []
   header = ["experiment", "n"] + [c for c, _ in COLUMNS] + ["Kaggle val/ acc @thr (16 images)", "train wall time (min)"]
   print("| " + " | ".join(header) + " |")
   print("|" + "---|" * len(header))
@@ -65,7 +73,7 @@ def main():
       paths = sorted(glob.glob(pattern))
     else:
       label, paths = group, sorted(glob.glob(os.path.join(args.runs_dir, f"{group}_s[0-9]*", "reports",
-                                                          "validation_stress.json")))
+                                                          f"{args.report}.json")))
     reports = [_load(p) for p in paths]
     row = [label, str(len(reports))]
     for _, get in COLUMNS:
@@ -89,6 +97,16 @@ def main():
     # run_seeds.sh times a resumed run apart (wall_time_resumed_s.txt): its time is not counted.
     row += [_fmt(kaggle, 3), _fmt(wall, 1, of=len(paths))]
     print("| " + " | ".join(row) + " |")
+    shifts = [s for s in (reports[0].get("stress", {}).get("shifts", {}) if reports else {})]
+    for shift in shifts:
+      got = [r["stress"]["shifts"][shift] for r in reports if shift in r.get("stress", {}).get("shifts", {})]
+      per_shift.append([label, shift, str(len(got))] + [_fmt([g[k] for g in got]) for k in SHIFT_COLUMNS])
+  if args.per_shift:
+    header = ["experiment", "shift", "n", "ROC AUC", "sens @thr", "spec @thr"]
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in per_shift:
+      print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,12 @@ def _dataset(names=(b"a.jpeg", b"b.jpeg")):
       "file_name": np.array(names)})
 
 
-@pytest.mark.parametrize("shift", sorted(stress.SHIFTS))
+def test_shift_sets_have_distinct_names_and_unseen_is_not_what_the_threshold_rule_sees():
+  assert not set(stress.SHIFTS) & set(stress.UNSEEN_SHIFTS)
+  assert stress.SHIFT_SETS["standard"] is stress.SHIFTS  # the stress threshold rule's set, unchanged
+
+
+@pytest.mark.parametrize("shift", sorted([*stress.SHIFTS, *stress.UNSEEN_SHIFTS]))
 def test_every_shift_is_deterministic_changes_the_image_and_keeps_its_shape(shift):
   ds = _dataset()
   first = [e["image"] for e in stress.apply(ds, shift).as_numpy_iterator()]
@@ -66,6 +71,29 @@ def test_every_shift_is_deterministic_changes_the_image_and_keeps_its_shape(shif
     assert np.abs(a.astype(int) - o).mean() > 0.5, shift
   if shift == "noise":  # seeded by file name: two files get different noise
     assert not np.array_equal(first[0], first[1])
+
+
+def _apply_one(fn, image_u8):
+  x = tf.constant(image_u8[..., None], tf.float32) / 255.0
+  return np.asarray(fn(x, tf.constant(0)))[..., 0]
+
+
+def test_unseen_shifts_do_what_their_names_say():
+  ramp = np.tile(np.linspace(10, 240, 48), (48, 1)).astype(np.uint8)  # brightness rises to the right
+  marked = ramp.copy()
+  marked[5:9, 2:6] = 255
+  # A 90-degree rotation with the same transform is np.rot90: counter-clockwise on screen, about the centre.
+  np.testing.assert_allclose(_apply_one(stress._rotate(90.0), marked) * 255, np.rot90(marked), atol=1e-3)
+  # Equalisation keeps the order of grey levels and spreads them over the whole range.
+  eq = _apply_one(stress.UNSEEN_SHIFTS["equalize"], ramp)
+  assert eq.min() == 0.0 and eq.max() == pytest.approx(1.0) and np.all(np.diff(eq[0]) >= 0)
+  heel = _apply_one(stress.UNSEEN_SHIFTS["heel_effect"], np.full((48, 48), 100, np.uint8))
+  assert heel[0, 0] == pytest.approx(1.25 * 100 / 255) and heel[-1, 0] == pytest.approx(0.75 * 100 / 255)
+  col = _apply_one(stress.UNSEEN_SHIFTS["collimation"], ramp)
+  assert col[0, 24] == col[24, 0] == col[24, -1] == col[-1, 24] == pytest.approx(0.95)  # white bands
+  np.testing.assert_allclose(col[10:38, 10:38], ramp[10:38, 10:38] / 255.0)  # the chest is untouched
+  post = _apply_one(stress.UNSEEN_SHIFTS["posterize_16"], ramp)
+  assert len(np.unique(post)) <= 16
 
 
 def test_stress_report_runs_em_on_each_shift_and_a_shift_that_inflates_scores_inflates_the_estimate():

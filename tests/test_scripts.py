@@ -133,3 +133,14 @@ def test_summarize_runs_gives_mean_and_spread_and_says_when_a_figure_has_fewer_r
   row = [c.strip() for c in r.stdout.splitlines()[-1].strip("|").split("|")]
   assert row[:3] == ["exp", "2", "0.9200 ± 0.0283"]  # mean and sample std of 0.90, 0.94
   assert "0.7000 (n=1)" in row and row[-1] == "10.0 (n=1)"
+  # --report reads another report of the same runs; --per_shift tabulates each shift over seeds.
+  for seed, sens in enumerate([0.5, 0.7]):
+    unseen = report(0.8)
+    unseen["stress"]["shifts"] = {"markers": {"roc_auc": 0.9, "sensitivity": sens, "specificity": 1.0}}
+    (tmp_path / f"exp_s{seed}" / "reports" / "validation_unseen.json").write_text(json.dumps(unseen))
+  r = _script("summarize_runs.py", "exp", f"--runs_dir={tmp_path}", "--report=validation_unseen", "--per_shift")
+  assert r.returncode == 0, r.stderr[-2000:]
+  lines = r.stdout.splitlines()
+  assert [c.strip() for c in lines[2].strip("|").split("|")][:3] == ["exp", "2", "0.8000 ± 0.0000"]
+  assert [c.strip() for c in lines[-1].strip("|").split("|")] == [
+      "exp", "markers", "2", "0.9000 ± 0.0000", "0.6000 ± 0.1414", "1.0000 ± 0.0000"]

@@ -405,5 +405,13 @@ def test_stress_threshold_rule_pools_validation_with_its_shifts(trained):
       report["stress"]["threshold_rules"]["stress_youden_all_shifts"])
   left_out = report["stress"]["threshold_rules"]["stress_youden_left_out"]
   assert set(left_out["thresholds"]) == set(evaluate.stress.SHIFTS)
+  # The unseen shifts are scored at the same threshold: the rule still pools only the standard shifts.
+  unseen = evaluate.evaluate_workdir(workdir, split="validation", report_name="v_unseen", stress_test=True,
+                                     stress_set="unseen", threshold_rule="stress", bootstrap=10)
+  assert unseen["stress"]["set"] == "unseen" and set(unseen["stress"]["shifts"]) == set(evaluate.stress.UNSEEN_SHIFTS)
+  assert unseen["at_chosen_threshold"]["threshold"] == report["at_chosen_threshold"]["threshold"]
+  assert "the unseen set" in open(os.path.join(workdir, "reports", "v_unseen.md")).read()
+  with pytest.raises(UsageError, match="--stress_set=severe: choose one of standard, unseen"):
+    evaluate.evaluate_workdir(workdir, split="validation", stress_test=True, stress_set="severe")
   with pytest.raises(UsageError, match="choose one of validation, stress"):
     evaluate.evaluate_workdir(workdir, split="test", threshold_rule="median")

@@ -63,6 +63,9 @@ def define_flags() -> None:
                     "threshold under that prior.")
   flags.DEFINE_bool("stress", False, "Also evaluate under each shift of xray_jax/stress.py (a table in the "
                     "report), and compare threshold rules on shifts left out of the choice.")
+  flags.DEFINE_enum("stress_set", "standard", list(stress.SHIFT_SETS), "Which shifts --stress applies: "
+                    "standard (the families the augmentation draws and the stress threshold rule sees) or "
+                    "unseen (families nothing here is trained or tuned on).")
   flags.DEFINE_enum("threshold_rule", None, list(trainer.THRESHOLD_RULES), "How the chosen threshold is "
                     "picked (default: the run's --threshold_rule): " + "; ".join(
                         f"{k}: {v}" for k, v in trainer.THRESHOLD_RULES.items()))
@@ -156,10 +159,11 @@ def _source_prior(builder, weights: np.ndarray) -> float:
   return calibration.effective_prior(input_pipeline.class_counts(builder, "train"), weights)
 
 
-def shifted_probs(predictor: Predictor, ds, n: int, temperature: float) -> dict[str, np.ndarray]:
-  """P(PNEUMONIA) of every example of `ds` under each shift of stress.SHIFTS."""
+def shifted_probs(predictor: Predictor, ds, n: int, temperature: float,
+                  stress_set: str = "standard") -> dict[str, np.ndarray]:
+  """P(PNEUMONIA) of every example of `ds` under each shift of stress.SHIFT_SETS[stress_set]."""
   return {shift: calibration.apply_temperature(predictor(stress.apply(ds, shift), n).probs, temperature)
-          for shift in stress.SHIFTS}
+          for shift in stress.SHIFT_SETS[stress_set]}
 
 
 def stress_youden(labels: np.ndarray, unshifted: np.ndarray, shifted: list[np.ndarray]) -> float:
@@ -173,7 +177,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
                      batch_size: int | None = None, report_name: str | None = None,
                      mistake_maps: int = 0, ensemble: list[str] | tuple[str, ...] = (), tta: bool = False,
                      temperature_scaling: bool = False, label_shift: str = "none", stress_test: bool = False,
-                     threshold_rule: str | None = None,
+                     stress_set: str = "standard", threshold_rule: str | None = None,
                      bootstrap: int = 1000) -> dict[str, Any]:
   """Evaluates one checkpoint of `workdir` (or an ensemble) on a split or a folder; returns the report."""
   if (split is None) == (image_dir is None):
@@ -192,6 +196,8 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
   threshold_rule = threshold_rule or config.threshold_rule
   if threshold_rule not in trainer.THRESHOLD_RULES:
     raise UsageError(f"--threshold_rule={threshold_rule}: choose one of {', '.join(trainer.THRESHOLD_RULES)}.")
+  if stress_set not in stress.SHIFT_SETS:
+    raise UsageError(f"--stress_set={stress_set}: choose one of {', '.join(stress.SHIFT_SETS)}.")
   needs_validation = (not predictor.plain or temperature_scaling or meta.get("chosen_threshold") is None
                       or threshold_rule != "validation")
   builder = None
@@ -275,10 +281,10 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
                                  f"{ls['at_threshold']['sensitivity']:.4f}, specificity "
                                  f"{ls['at_threshold']['specificity']:.4f}")
   if stress_test:
-    shifted = val_shifted if split == "validation" and val_shifted is not None else (
-        shifted_probs(predictor, ds, n, temperature))
-    report["stress"] = stress_report(preds, shifted, threshold,
-                                     _source_prior(builder, weights) if label_shift == "em" else None)
+    reuse = split == "validation" and val_shifted is not None and stress_set == "standard"
+    shifted = val_shifted if reuse else shifted_probs(predictor, ds, n, temperature, stress_set)
+    report["stress"] = {"set": stress_set, **stress_report(
+        preds, shifted, threshold, _source_prior(builder, weights) if label_shift == "em" else None)}
   if not parallel.is_primary():
     return report
   if predictor.plain and not temperature_scaling and threshold_rule == config.threshold_rule:
@@ -311,7 +317,7 @@ def label_shift_report(preds: trainer.Predictions, source_prior: float) -> dict[
 
 def stress_report(unshifted: trainer.Predictions, shifted: dict[str, np.ndarray], threshold: float,
                   source_prior: float | None = None) -> dict[str, Any]:
-  """ROC AUC and the figures at `threshold` (and 0.5) under each shift of stress.SHIFTS.
+  """ROC AUC and the figures at `threshold` (and 0.5) under each shift in `shifted`.
 
   `threshold_rules` compares ways to choose a threshold on shifts they did not see: for
   each shift, Youden's J on the unshifted images plus the other shifts, scored on the
@@ -394,7 +400,7 @@ def main(argv: list[str]) -> None:
                             batch_size=FLAGS.batch_size, report_name=FLAGS.report_name,
                             mistake_maps=FLAGS.mistake_maps, ensemble=FLAGS.ensemble, tta=FLAGS.tta,
                             temperature_scaling=FLAGS.temperature_scaling, label_shift=FLAGS.label_shift,
-                            stress_test=FLAGS.stress, bootstrap=FLAGS.bootstrap,
+                            stress_test=FLAGS.stress, stress_set=FLAGS.stress_set, bootstrap=FLAGS.bootstrap,
                             threshold_rule=FLAGS.threshold_rule)
   print(f"{report['name']}: ROC AUC {report['roc_auc']:.4f}, accuracy {report['at_threshold_0.5']['accuracy']:.4f} "
         f"at 0.5 and {report['at_chosen_threshold']['accuracy']:.4f} at the chosen threshold "

@@ -148,7 +148,9 @@ def to_markdown(report: dict[str, Any]) -> str:
               f"| NORMAL | {tn} | {fp} |", f"| PNEUMONIA | {fn} | {tp} |", ""]
   if report.get("stress"):
     st = report["stress"]
-    lines += [f"Stress test (xray_jax/stress.py): the same images under fixed shifts; accuracy, sensitivity "
+    which = {"standard": "", "unseen": ", the unseen set: families no augmentation or threshold rule saw"}
+    lines += [f"Stress test (xray_jax/stress.py{which.get(st.get('set', 'standard'), '')}): the same images under "
+              "fixed shifts; accuracy, sensitivity "
               f"and specificity at the chosen threshold {st['threshold']:.4f} (and at 0.5):", "",
               "| shift | ROC AUC | accuracy | sensitivity | specificity | loss |", "|---|---|---|---|---|---|"]
     both = lambda r, k: f"{_fmt(r[k])} ({_fmt(r[k + '_at_0.5'])})" if k + "_at_0.5" in r else _fmt(r[k])
