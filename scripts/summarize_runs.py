@@ -97,7 +97,7 @@ def main():
     # run_seeds.sh times a resumed run apart (wall_time_resumed_s.txt): its time is not counted.
     row += [_fmt(kaggle, 3), _fmt(wall, 1, of=len(paths))]
     print("| " + " | ".join(row) + " |")
-    shifts = list(reports[0].get("stress", {}).get("shifts", {})) if reports else []
+    shifts = list(reports[0].get("stress", {}).get("shifts", {})) if reports and args.per_shift else []
     for shift in shifts:
       got = [r["stress"]["shifts"][shift] for r in reports if shift in r.get("stress", {}).get("shifts", {})]
       per_shift.append([label, shift, str(len(got))] + [_fmt([g[k] for g in got]) for k in SHIFT_COLUMNS])

@@ -20,6 +20,7 @@ nothing was tuned on, as the official test split's will be.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -118,8 +119,7 @@ def _rotate(degrees: float) -> ImageFn:
   degrees)."""
   def fn(x, _):
     h, w = tf.cast(tf.shape(x)[0], tf.float32), tf.cast(tf.shape(x)[1], tf.float32)
-    a = degrees * 3.141592653589793 / 180.0
-    cos, sin = tf.cos(a), tf.sin(a)
+    cos, sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
     cx, cy = (w - 1) / 2, (h - 1) / 2
     # Output (x, y) is read from input (cos*(x-cx) - sin*(y-cy) + cx, sin*(x-cx) + cos*(y-cy) + cy).
     transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0])
