@@ -314,6 +314,41 @@ def test_predict_labels_at_the_threshold_of_the_runs_own_rule(trained, tmp_path,
   assert recorded["best"]["step"] == after["checkpoint_step"] and recorded["best"]["rule_key"] == "stress"
 
 
+def test_evaluate_reuses_the_recorded_stress_threshold_while_it_is_valid(trained, tmp_path):
+  """A run's stress-rule threshold is chosen once; later reports read it instead of re-predicting
+  validation under every shift, and a record of another shift set is not trusted."""
+  import shutil
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained[1], workdir)
+  config = json.load(open(os.path.join(workdir, "config.json")))
+  json.dump({**config, "threshold_rule": "stress"}, open(os.path.join(workdir, "config.json"), "w"))
+  path = os.path.join(workdir, evaluate.THRESHOLD_FILE)
+  if os.path.exists(path):
+    os.remove(path)
+  first = evaluate.evaluate_workdir(workdir, split="validation", report_name="first", bootstrap=10)
+  chosen = first["at_chosen_threshold"]["threshold"]
+  assert "threshold" not in first["extra"]
+  assert json.load(open(path))["best"]["shifts"] == list(evaluate.stress.SHIFTS)
+  # Reused: the same threshold, said so, and the stress report's own pooled choice agrees with it.
+  again = evaluate.evaluate_workdir(workdir, split="validation", report_name="again", stress_test=True, bootstrap=10)
+  assert again["at_chosen_threshold"]["threshold"] == chosen
+  assert again["at_chosen_threshold"]["rule"] == first["at_chosen_threshold"]["rule"]
+  assert evaluate.THRESHOLD_FILE in again["extra"]["threshold"]
+  assert again["stress"]["threshold_rules"]["stress_youden_all_shifts"] == pytest.approx(chosen)
+  # It really is read from the file: an edited value is what the next report uses.
+  recorded = json.load(open(path))
+  recorded["best"]["threshold"] = 0.25
+  json.dump(recorded, open(path, "w"))
+  assert evaluate.evaluate_workdir(workdir, split="test", report_name="edited",
+                                   bootstrap=10)["at_chosen_threshold"]["threshold"] == 0.25
+  # A record pooled over another shift set is stale: chosen afresh, and recorded again.
+  recorded["best"]["shifts"] = ["blur"]
+  json.dump(recorded, open(path, "w"))
+  fresh = evaluate.evaluate_workdir(workdir, split="test", report_name="fresh", bootstrap=10)
+  assert fresh["at_chosen_threshold"]["threshold"] == pytest.approx(chosen) and "threshold" not in fresh["extra"]
+  assert json.load(open(path))["best"]["threshold"] == pytest.approx(chosen)
+
+
 def test_predict_command_line_takes_files_and_no_maps(trained, tmp_path):
   import subprocess, sys
   from conftest import REPO

@@ -97,16 +97,30 @@ def restore_for_eval(workdir: str, which: str) -> tuple[learning.TrainConfig, le
 THRESHOLD_FILE = "chosen_threshold.json"
 
 
+def recorded_threshold(workdir: str, checkpoint: str, step: int, rule_key: str) -> dict[str, Any] | None:
+  """The threshold evaluate recorded for this checkpoint, step and rule, if any is still valid.
+
+  A stress-rule entry counts only while the standard shift set it pooled is unchanged.
+  """
+  path = os.path.join(workdir, THRESHOLD_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    entry = json.load(f).get(checkpoint, {})
+  if entry.get("step") != step or entry.get("rule_key") != rule_key:
+    return None
+  if rule_key == "stress" and entry.get("shifts") != list(stress.SHIFTS):
+    return None
+  return entry
+
+
 def run_threshold(workdir: str, config: learning.TrainConfig, meta: dict[str, Any],
                   checkpoint: str) -> tuple[float, str]:
   """The threshold `predict` labels with, and its rule: the one the run's reports use."""
-  path = os.path.join(workdir, THRESHOLD_FILE)
-  if config.threshold_rule != "validation" and os.path.exists(path):
-    with open(path) as f:
-      recorded = json.load(f)
-    entry = recorded.get(checkpoint, {})
-    if entry.get("step") == int(meta["step"]) and entry.get("rule_key") == config.threshold_rule:
-      return float(recorded[checkpoint]["threshold"]), recorded[checkpoint]["rule"]
+  if config.threshold_rule != "validation":
+    entry = recorded_threshold(workdir, checkpoint, int(meta["step"]), config.threshold_rule)
+    if entry is not None:
+      return float(entry["threshold"]), entry["rule"]
   threshold = meta.get("chosen_threshold")
   if threshold is None:
     logging.warning("The %s checkpoint has no chosen threshold; labelling at 0.5.", checkpoint)
@@ -127,6 +141,8 @@ def _record_threshold(workdir: str, checkpoint: str, step: int, threshold: float
     with open(path) as f:
       recorded = json.load(f)
   recorded[checkpoint] = {"step": step, "threshold": float(threshold), "rule_key": rule_key, "rule": rule}
+  if rule_key == "stress":
+    recorded[checkpoint]["shifts"] = list(stress.SHIFTS)
   with open(path + ".tmp", "w") as f:
     json.dump(recorded, f, indent=1)
   os.replace(path + ".tmp", path)  # a reader never sees half a file
@@ -198,8 +214,13 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
     raise UsageError(f"--threshold_rule={threshold_rule}: choose one of {', '.join(trainer.THRESHOLD_RULES)}.")
   if stress_set not in stress.SHIFT_SETS:
     raise UsageError(f"--stress_set={stress_set}: choose one of {', '.join(stress.SHIFT_SETS)}.")
+  # A plain model's stress-rule threshold is a property of the checkpoint: reuse the recorded one
+  # rather than predicting the validation split under every shift again.
+  reused = None
+  if predictor.plain and not temperature_scaling and threshold_rule != "validation":
+    reused = recorded_threshold(workdir, checkpoint, int(meta["step"]), threshold_rule)
   needs_validation = (not predictor.plain or temperature_scaling or meta.get("chosen_threshold") is None
-                      or threshold_rule != "validation")
+                      or (threshold_rule != "validation" and reused is None))
   builder = None
   if split is not None or needs_validation or label_shift != "none":
     # The data the run trained on, unless told otherwise; its fingerprint check catches edits.
@@ -212,6 +233,10 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
 
   extra: dict[str, str] = {}
   threshold, rule = meta.get("chosen_threshold"), meta.get("threshold_rule", trainer.THRESHOLD_RULE)
+  if reused is not None:
+    threshold, rule = float(reused["threshold"]), reused["rule"]
+    extra["threshold"] = (f"{threshold:.4f}, recorded in {THRESHOLD_FILE} by an earlier evaluation of this "
+                          f"checkpoint (step {int(meta['step'])})")
   temperature = 1.0
   val, val_shifted = None, None
   if needs_validation:
@@ -287,7 +312,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
         preds, shifted, threshold, _source_prior(builder, weights) if label_shift == "em" else None)}
   if not parallel.is_primary():
     return report
-  if predictor.plain and not temperature_scaling and threshold_rule == config.threshold_rule:
+  if predictor.plain and not temperature_scaling and threshold_rule == config.threshold_rule and reused is None:
     _record_threshold(workdir, checkpoint, int(meta["step"]), threshold, threshold_rule, rule)
   report_dir = os.path.join(workdir, "reports")
   os.makedirs(report_dir, exist_ok=True)
