@@ -73,6 +73,37 @@ def test_blur_and_noise_are_off_by_default_and_on_when_asked():
   assert float(noisy.min()) >= 0.0 and float(noisy.max()) <= 1.0
 
 
+def test_collimator_bands_cover_the_edges_and_leave_the_centre():
+  x = _images(1, 20)[0]
+  level = jnp.float32(0.9)
+  y = augment.collimator_bands(x, jnp.array([0.1, 0.2, 0.0, 0.15]), level)
+  # Top 2 rows, bottom 4, right 3 columns (pixel centres inside the band); no left band.
+  np.testing.assert_array_equal(y[:2], level)
+  np.testing.assert_array_equal(y[-4:], level)
+  np.testing.assert_array_equal(y[:, -3:], level)
+  np.testing.assert_array_equal(y[2:-4, :-3], x[2:-4, :-3])
+  np.testing.assert_array_equal(augment.collimator_bands(x, jnp.zeros(4), level), x)
+
+
+def test_border_is_off_by_default_and_draws_bands_only_for_some_images_when_on():
+  x = _images(32, 32)
+  key = jax.random.key(5)
+  assert CFG.border == 0
+  base = augment.augment_batch(key, x, CFG)
+  on = augment.augment_batch(key, x, dataclasses.replace(CFG, border=0.5))
+  changed = np.asarray(jnp.any(jnp.abs(on - base) > 1e-6, axis=(1, 2, 3)))
+  assert 0 < changed.sum() < len(changed)  # a coin per image
+  # With the intensity changes off (contrast works around the image mean, which bands move),
+  # only edge pixels change, and each image has a flat edge row or column.
+  plain = dataclasses.replace(CFG, brightness=0, contrast=0, gamma=0)
+  unbanded = augment.augment_batch(key, x, plain)
+  always = augment.augment_batch(key, x, dataclasses.replace(plain, border=1.0))
+  c = 32 // 2
+  np.testing.assert_allclose(always[:, c - 4:c + 4, c - 4:c + 4], unbanded[:, c - 4:c + 4, c - 4:c + 4], atol=1e-6)
+  flat = lambda img: [float(jnp.ptp(e)) for e in (img[0], img[-1], img[:, 0], img[:, -1])]
+  assert all(min(flat(img)) < 1e-6 for img in always)
+
+
 def test_tta_views_keep_shape_and_the_identity_view_is_the_image():
   x = _images(2, 32)
   np.testing.assert_array_equal(augment.tta_view(x, augment.TTA_VIEWS[0]), x)

@@ -5,8 +5,10 @@ with edges replicated, so no black borders appear that a model could learn from.
 Intensity: gamma, contrast and brightness, as exposure and processing differ between
 X-ray machines. Detector: optional Gaussian blur and noise (off by default; the `cnn`
 experiment turns them on, because the stress test showed a model trained without them
-calls noisy or soft NORMAL films PNEUMONIA). No flips: a mirrored chest (heart on the
-right) is not a real patient.
+calls noisy or soft NORMAL films PNEUMONIA). Collimator bands: optional flat bands of a random
+level at the edges, as shutters and collimation crop films differently (off by default; the
+unseen stress shift `collimation` showed whether a model reads them as NORMAL is a seed lottery).
+No flips: a mirrored chest (heart on the right) is not a real patient.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ class AugmentConfig:
   gamma: float = 0.25  # exponent log-uniform in [1 / (1 + gamma), 1 + gamma]
   blur: float = 0.0  # Gaussian blur sigma uniform in [0, blur] pixels (at most 2)
   noise: float = 0.0  # Gaussian noise std uniform in [0, noise] (images in [0, 1])
+  border: float = 0.0  # probability of collimator bands (each side up to BORDER_MAX of the size)
+
+
+BORDER_MAX = 0.12
 
 
 def affine(image_HxWxC: jnp.ndarray, *, angle: jnp.ndarray, scale: jnp.ndarray,
@@ -72,6 +78,17 @@ def gaussian_blur(image_HxWxC: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
   return sum(k[i] * x[:, i:i + w] for i in range(2 * r + 1))
 
 
+def collimator_bands(image_HxWxC: jnp.ndarray, widths_tblr: jnp.ndarray, level: jnp.ndarray) -> jnp.ndarray:
+  """Sets bands at the top, bottom, left and right edges (widths in fractions of the size) to
+  `level`; a pixel is covered when its centre lies in a band, so zero widths are the identity."""
+  h, w, _ = image_HxWxC.shape
+  rows = (jnp.arange(h, dtype=jnp.float32)[:, None] + 0.5) / h
+  cols = (jnp.arange(w, dtype=jnp.float32)[None, :] + 0.5) / w
+  top, bottom, left, right = widths_tblr
+  inside = (rows >= top) & (rows <= 1.0 - bottom) & (cols >= left) & (cols <= 1.0 - right)
+  return jnp.where(inside[..., None], image_HxWxC, level.astype(image_HxWxC.dtype))
+
+
 def _augment_one(key: jax.Array, image: jnp.ndarray, cfg: AugmentConfig) -> jnp.ndarray:
   k = jax.random.split(key, 6)
   h, w, _ = image.shape
@@ -82,6 +99,10 @@ def _augment_one(key: jax.Array, image: jnp.ndarray, cfg: AugmentConfig) -> jnp.
     kb, kn, kz = jax.random.split(jax.random.fold_in(key, 1), 3)
     if cfg.blur:
       image = gaussian_blur(image, jax.random.uniform(kb, (), maxval=min(cfg.blur, 2.0)))
+  if cfg.border:  # before intensity: the bands are exposed and processed like the rest of the film
+    kp, kw, kl = jax.random.split(jax.random.fold_in(key, 2), 3)
+    widths = jax.random.uniform(kw, (4,), maxval=BORDER_MAX) * jax.random.bernoulli(kp, cfg.border)
+    image = collimator_bands(image, widths, jax.random.uniform(kl, ()))
   image = intensity(image, gamma=jnp.exp(u(k[3], jnp.log1p(cfg.gamma))), contrast=1.0 + u(k[4], cfg.contrast),
                     brightness=u(k[5], cfg.brightness))
   if cfg.noise:
