@@ -127,8 +127,9 @@ def run_threshold(workdir: str, config: learning.TrainConfig, meta: dict[str, An
     return 0.5, "none recorded: 0.5"
   if config.threshold_rule != "validation":
     logging.warning("--workdir=%s was trained with --threshold_rule=%s, but no threshold of that rule is recorded "
-                    "for its %s checkpoint (step %d); labelling at the validation-only threshold %.4f. Run "
-                    "`python -m xray_jax.evaluate --workdir=%s --split=validation` once to record it.", workdir,
+                    "for its %s checkpoint (step %d) over the current stress shifts; labelling at the validation-only "
+                    "threshold %.4f. Run `python -m xray_jax.evaluate --workdir=%s --split=validation` once to "
+                    "record it.", workdir,
                     config.threshold_rule, checkpoint, int(meta["step"]), threshold, workdir)
   return float(threshold), meta.get("threshold_rule", trainer.THRESHOLD_RULE)
 
