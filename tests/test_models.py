@@ -10,7 +10,7 @@ from xray_jax import models
 from xray_jax.errors import UsageError
 
 # Pinned so that an accidental architecture change shows up as a failing test.
-PARAM_COUNTS = {"cnn": 1_179_986, "cnn_dropout": 1_179_986, "cnn_gn": 1_179_986, "cnn_narrow": 664_238,
+PARAM_COUNTS = {"cnn": 1_179_986, "cnn_blurpool": 1_179_986, "cnn_dropout": 1_179_986, "cnn_gn": 1_179_986, "cnn_narrow": 664_238,
                 "cnn_res": 1_224_514, "cnn_std": 1_179_986,
                 "cnn_rank_centre": 1_179_986, "cnn_std_centre": 1_179_986, "cnn_wide": 1_842_902, "mlp": 8_455_042, "refcnn": 389_314}
 
@@ -51,7 +51,7 @@ def test_jit_and_eager_agree(name):
 
 
 def test_unknown_model_lists_known_ones():
-  with pytest.raises(UsageError, match="known models: cnn, cnn_dropout, cnn_gn, cnn_narrow, cnn_rank_centre, cnn_res, cnn_std, cnn_std_centre, cnn_wide, mlp, refcnn"):
+  with pytest.raises(UsageError, match="known models: cnn, cnn_blurpool, cnn_dropout, cnn_gn, cnn_narrow, cnn_rank_centre, cnn_res, cnn_std, cnn_std_centre, cnn_wide, mlp, refcnn"):
     models.get_model("resnet9000")
 
 
@@ -135,6 +135,54 @@ def test_cnn_res_stage_starts_as_its_shortcut_then_adds_the_conv_branch():
   params = {**params, "BatchNorm_0": {**params["BatchNorm_0"], "scale": jnp.ones(8)}}
   with_branch = stage.apply({**variables, "params": params}, x, train=False)
   assert float(jnp.abs(with_branch - shortcut).max()) > 0.1
+
+
+def _max_blur_pool_reference(x):
+  """Zhang (2019) as written with flax and lax ops: nn.max_pool at stride 1, then the binomial
+  filter as a depthwise convolution at stride 2."""
+  import flax.linen as nn
+  c = x.shape[-1]
+  x = nn.max_pool(jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge"), (2, 2), strides=(1, 1))
+  kernel = jnp.outer(jnp.array([1.0, 2.0, 1.0]), jnp.array([1.0, 2.0, 1.0])) / 16
+  kernel = jnp.tile(kernel[:, :, None, None], (1, 1, 1, c))
+  return jax.lax.conv_general_dilated(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect"), kernel,
+                                      (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      feature_group_count=c)
+
+
+def test_max_blur_pool_matches_its_reference_in_values_and_gradients():
+  from xray_jax.models import cnn_blurpool
+  x = jax.random.normal(jax.random.key(0), (2, 12, 16, 3))
+  got, want = cnn_blurpool.max_blur_pool_2x2(x), _max_blur_pool_reference(x)
+  assert got.shape == (2, 6, 8, 3)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  w = jax.random.normal(jax.random.key(1), got.shape)  # a generic cotangent
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * w))(x)
+  np.testing.assert_allclose(grad(cnn_blurpool.max_blur_pool_2x2), grad(_max_blur_pool_reference), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="even height and width"):
+    cnn_blurpool.max_blur_pool_2x2(jnp.zeros((1, 7, 8, 1)))
+
+
+def test_max_blur_pool_changes_less_than_max_pool_under_a_one_pixel_shift():
+  """What it is for: a stride-2 max-pool's output moves with a one-pixel shift of a detailed
+  input much more than the blurred one does (interior pixels, away from the wrapped edge)."""
+  from xray_jax import layers
+  from xray_jax.models import cnn_blurpool
+  x = jax.random.uniform(jax.random.key(0), (4, 32, 32, 2))
+  shifted = jnp.roll(x, 1, axis=2)
+  change = lambda f: float(jnp.abs(f(x) - f(shifted))[:, 2:-2, 2:-2].mean())
+  assert change(cnn_blurpool.max_blur_pool_2x2) < 0.6 * change(layers.max_pool_2x2)
+
+
+def test_cnn_blurpool_is_cnn_std_centre_with_another_pool_only():
+  from xray_jax.models import cnn_blurpool, cnn_std_centre
+  base, blur = models.get_model("cnn_std_centre"), models.get_model("cnn_blurpool")
+  variables = _init(base, 64)
+  assert jax.tree.structure(variables) == jax.tree.structure(_init(blur, 64))
+  assert type(blur).__mro__[1] is cnn_std_centre.Model
+  x = jax.random.uniform(jax.random.key(1), (2, 64, 64, 1))
+  assert not np.allclose(base.apply(variables, x, train=False), blur.apply(variables, x, train=False))
+  assert type(blur).pool is not type(base).pool and cnn_blurpool.Model.block is cnn_std_centre.Model.block
 
 
 def test_cnn_rejects_image_size_it_cannot_pool():
