@@ -16,7 +16,7 @@ from xray_jax.models import cnn_std_centre
 def max_blur_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   """2x2 max at stride 1 (edge-padded at the bottom and right), then a binomial blur at stride 2
   (reflect-padded): [B, H, W, C] -> [B, H // 2, W // 2, C] for even H and W."""
-  b, h, w, c = x_BxHxWxC.shape
+  h, w = x_BxHxWxC.shape[1:3]
   if h % 2 or w % 2:
     raise ValueError(f"max_blur_pool_2x2 needs an even height and width; got {h}x{w}.")
   x = jnp.pad(x_BxHxWxC, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
