@@ -150,11 +150,13 @@ def _max_blur_pool_reference(x):
                                       feature_group_count=c)
 
 
-def test_max_blur_pool_matches_its_reference_in_values_and_gradients():
+# Smallest even size, non-square both ways, odd channel counts, and the first stage of the model.
+@pytest.mark.parametrize("shape", [(2, 12, 16, 3), (1, 2, 2, 1), (3, 4, 10, 2), (2, 10, 4, 1), (2, 128, 128, 16)])
+def test_max_blur_pool_matches_its_reference_in_values_and_gradients(shape):
   from xray_jax.models import cnn_blurpool
-  x = jax.random.normal(jax.random.key(0), (2, 12, 16, 3))
+  x = jax.random.normal(jax.random.key(0), shape)
   got, want = cnn_blurpool.max_blur_pool_2x2(x), _max_blur_pool_reference(x)
-  assert got.shape == (2, 6, 8, 3)
+  assert got.shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
   w = jax.random.normal(jax.random.key(1), got.shape)  # a generic cotangent
   grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * w))(x)
