@@ -24,6 +24,30 @@ def test_fast_max_pool_equals_flax_max_pool_in_values_and_gradients(shape):
   np.testing.assert_array_equal(grad(layers.max_pool_2x2), grad(ref))
 
 
+def _max_2x2_stride1_by_autodiff(x):
+  xp = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+  return jnp.maximum(jnp.maximum(xp[:, :-1, :-1], xp[:, 1:, :-1]), jnp.maximum(xp[:, :-1, 1:], xp[:, 1:, 1:]))
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 16, 3), (1, 2, 2, 1), (3, 4, 10, 2), (2, 128, 128, 16)])
+def test_max_2x2_stride1_equals_its_autodiff_bit_for_bit_ties_included(shape):
+  """The written-out backward must not move a bit: the recorded cnn_blurpool runs depend on it."""
+  x = jax.nn.relu(jax.random.normal(jax.random.key(0), shape))  # zeros tie, as after a ReLU
+  x = x.at[:, ::3].set(0.5).at[:, :, ::5].set(jnp.round(x[:, :, ::5]))  # ties among positives too
+  x = x.at[:, -1, :2].set(-0.0)  # signed zeros on the padded edge
+  g = jax.random.normal(jax.random.key(1), shape).at[:, ::4].set(0.0)
+  bits = lambda a: np.asarray(a).view(np.int32)
+  for f in (jax.jit, lambda f: f):  # compiled and eager
+    want, vjp_want = f(lambda x: jax.vjp(_max_2x2_stride1_by_autodiff, x))(x)
+    got, vjp_got = f(lambda x: jax.vjp(layers.max_2x2_stride1, x))(x)
+    np.testing.assert_array_equal(bits(got), bits(want))
+    np.testing.assert_array_equal(bits(vjp_got(g)[0]), bits(vjp_want(g)[0]))
+  xp = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+  corners = jnp.stack([xp[:, :-1, :-1], xp[:, 1:, :-1], xp[:, :-1, 1:], xp[:, 1:, 1:]])
+  ties = jnp.sum(corners == corners.max(axis=0), axis=0) > 1
+  assert float(jnp.mean(ties)) > 0.2  # the split-in-half rule is exercised, not just the unique maxima
+
+
 def test_fast_max_pool_splits_the_gradient_of_tied_maxima():
   # Whole numbers through a ReLU: many windows tie, at zero and above.
   x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.key(0), (2, 8, 8, 3))))

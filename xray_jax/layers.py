@@ -29,6 +29,50 @@ def max_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
+
+def _edge_padded_corners(x):
+  xp = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+  return xp[:, :-1, :-1], xp[:, 1:, :-1], xp[:, :-1, 1:], xp[:, 1:, 1:]
+
+
+@jax.custom_vjp
+def max_2x2_stride1(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
+  """2x2 max at stride 1, the input edge-padded at the bottom and right: [B, H, W, C] -> same shape.
+
+  The values, and the gradients bit for bit, of
+  `maximum(maximum(a, b), maximum(c, d))` over the four window corners (MaxBlurPool's first
+  half), whose autodiff splits a tie in half as `lax.max` does. Only the backward pass is
+  written out: it recomputes the tie weights from the input with selects (autodiff divides by 1
+  or 2 and keeps six weight arrays from the forward pass) and sums the four windows' shares in
+  autodiff's order, ((d + c) + b) + a, so nothing changes by a bit; the `cnn_blurpool` step is
+  1.04-1.07x faster on CPU (benchmarks/RESULTS.md). tests/test_layers.py checks the bits.
+  """
+  a, b, c, d = _edge_padded_corners(x_BxHxWxC)
+  return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+
+
+def _tie_weight(u, z, v):
+  """d max(u, v) / du where z = max(u, v): 1, or 1/2 where v ties (lax.max's rule)."""
+  return jnp.where(u == z, jnp.where(v == z, 0.5, 1.0), 0.0).astype(z.dtype)
+
+
+def _max_2x2_stride1_bwd(x, g):
+  a, b, c, d = _edge_padded_corners(x)
+  p, q = jnp.maximum(a, b), jnp.maximum(c, d)
+  m = jnp.maximum(p, q)
+  gp, gq = g * _tie_weight(p, m, q), g * _tie_weight(q, m, p)
+  pad = lambda t, rows, cols: jnp.pad(t, ((0, 0), rows, cols, (0, 0)))
+  # Each corner's share back at its place in the padded input, summed as autodiff sums them.
+  g_xp = ((pad(gq * _tie_weight(d, q, c), (1, 0), (1, 0)) + pad(gq * _tie_weight(c, q, d), (0, 1), (1, 0)))
+          + pad(gp * _tie_weight(b, p, a), (1, 0), (0, 1))) + pad(gp * _tie_weight(a, p, b), (0, 1), (0, 1))
+  # The edge padding's transpose: the copied last column, then the copied last row, added back.
+  h, w = x.shape[1:3]
+  g_x = g_xp[:, :, :w] + pad(g_xp[:, :, w:], (0, 0), (w - 1, 0))
+  return (g_x[:, :h] + pad(g_x[:, h:], (h - 1, 0), (0, 0)),)
+
+
+max_2x2_stride1.defvjp(lambda x: (max_2x2_stride1(x), x), _max_2x2_stride1_bwd)
+
 def _is_plain_nhwc_conv(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
                         feature_group_count, batch_group_count) -> bool:
   nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))

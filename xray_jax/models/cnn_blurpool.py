@@ -10,6 +10,7 @@ are added; the convs, head and standardisation are those of `cnn_std_centre`
 
 import jax.numpy as jnp
 
+from xray_jax import layers
 from xray_jax.models import cnn_std_centre
 
 
@@ -19,8 +20,7 @@ def max_blur_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   h, w = x_BxHxWxC.shape[1:3]
   if h % 2 or w % 2:
     raise ValueError(f"max_blur_pool_2x2 needs an even height and width; got {h}x{w}.")
-  x = jnp.pad(x_BxHxWxC, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
-  x = jnp.maximum(jnp.maximum(x[:, :-1, :-1], x[:, 1:, :-1]), jnp.maximum(x[:, :-1, 1:], x[:, 1:, 1:]))
+  x = layers.max_2x2_stride1(x_BxHxWxC)
   x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
   # Output pixel i is centred on input pixel 2i: taps 2i - 1, 2i, 2i + 1 of the unpadded image.
   x = (x[:, 0:h:2] + 2 * x[:, 1:h + 1:2] + x[:, 2:h + 2:2]) / 4
