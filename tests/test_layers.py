@@ -24,9 +24,15 @@ def test_fast_max_pool_equals_flax_max_pool_in_values_and_gradients(shape):
   np.testing.assert_array_equal(grad(layers.max_pool_2x2), grad(ref))
 
 
-def _max_2x2_stride1_by_autodiff(x):
+def _window_corners(x):
+  """The four corners of every 2x2 window of the bottom/right edge-padded input."""
   xp = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
-  return jnp.maximum(jnp.maximum(xp[:, :-1, :-1], xp[:, 1:, :-1]), jnp.maximum(xp[:, :-1, 1:], xp[:, 1:, 1:]))
+  return xp[:, :-1, :-1], xp[:, 1:, :-1], xp[:, :-1, 1:], xp[:, 1:, 1:]
+
+
+def _max_2x2_stride1_by_autodiff(x):
+  a, b, c, d = _window_corners(x)
+  return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
 
 
 @pytest.mark.parametrize("shape", [(2, 12, 16, 3), (1, 2, 2, 1), (3, 4, 10, 2), (2, 128, 128, 16)])
@@ -42,8 +48,7 @@ def test_max_2x2_stride1_equals_its_autodiff_bit_for_bit_ties_included(shape):
     got, vjp_got = f(lambda x: jax.vjp(layers.max_2x2_stride1, x))(x)
     np.testing.assert_array_equal(bits(got), bits(want))
     np.testing.assert_array_equal(bits(vjp_got(g)[0]), bits(vjp_want(g)[0]))
-  xp = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
-  corners = jnp.stack([xp[:, :-1, :-1], xp[:, 1:, :-1], xp[:, :-1, 1:], xp[:, 1:, 1:]])
+  corners = jnp.stack(_window_corners(x))
   ties = jnp.sum(corners == corners.max(axis=0), axis=0) > 1
   assert float(jnp.mean(ties)) > 0.2  # the split-in-half rule is exercised, not just the unique maxima
 

@@ -29,7 +29,6 @@ def max_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
-
 def _edge_padded_corners(x):
   xp = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
   return xp[:, :-1, :-1], xp[:, 1:, :-1], xp[:, :-1, 1:], xp[:, 1:, 1:]
@@ -72,6 +71,7 @@ def _max_2x2_stride1_bwd(x, g):
 
 
 max_2x2_stride1.defvjp(lambda x: (max_2x2_stride1(x), x), _max_2x2_stride1_bwd)
+
 
 def _is_plain_nhwc_conv(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
                         feature_group_count, batch_group_count) -> bool:
