@@ -10,7 +10,7 @@ from xray_jax import models
 from xray_jax.errors import UsageError
 
 # Pinned so that an accidental architecture change shows up as a failing test.
-PARAM_COUNTS = {"cnn": 1_179_986, "cnn_blurpool": 1_179_986, "cnn_dropout": 1_179_986, "cnn_gn": 1_179_986, "cnn_narrow": 664_238,
+PARAM_COUNTS = {"cnn": 1_179_986, "cnn_blurpool": 1_179_986, "cnn_blurpool_late": 1_179_986, "cnn_dropout": 1_179_986, "cnn_gn": 1_179_986, "cnn_narrow": 664_238,
                 "cnn_res": 1_224_514, "cnn_std": 1_179_986,
                 "cnn_rank_centre": 1_179_986, "cnn_std_centre": 1_179_986, "cnn_wide": 1_842_902, "mlp": 8_455_042, "refcnn": 389_314}
 
@@ -51,7 +51,7 @@ def test_jit_and_eager_agree(name):
 
 
 def test_unknown_model_lists_known_ones():
-  with pytest.raises(UsageError, match="known models: cnn, cnn_blurpool, cnn_dropout, cnn_gn, cnn_narrow, cnn_rank_centre, cnn_res, cnn_std, cnn_std_centre, cnn_wide, mlp, refcnn"):
+  with pytest.raises(UsageError, match="known models: cnn, cnn_blurpool, cnn_blurpool_late, cnn_dropout, cnn_gn, cnn_narrow, cnn_rank_centre, cnn_res, cnn_std, cnn_std_centre, cnn_wide, mlp, refcnn"):
     models.get_model("resnet9000")
 
 
@@ -185,6 +185,24 @@ def test_cnn_blurpool_is_cnn_std_centre_with_another_pool_only():
   x = jax.random.uniform(jax.random.key(1), (2, 64, 64, 1))
   assert not np.allclose(base.apply(variables, x, train=False), blur.apply(variables, x, train=False))
   assert type(blur).pool is not type(base).pool and cnn_blurpool.Model.block is cnn_std_centre.Model.block
+
+
+def test_cnn_blurpool_late_pools_plainly_after_the_first_stage_only():
+  from xray_jax import layers
+  from xray_jax.models import cnn_blurpool, cnn_blurpool_late, cnn_std_centre
+  late = models.get_model("cnn_blurpool_late")
+  assert type(late).__mro__[1] is cnn_std_centre.Model and cnn_blurpool_late.Model.block is cnn_std_centre.Model.block
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  np.testing.assert_array_equal(late.pool(x, stage=0), layers.max_pool_2x2(x))
+  for stage in range(1, 5):
+    np.testing.assert_array_equal(late.pool(x, stage=stage), cnn_blurpool.max_blur_pool_2x2(x))
+  # The whole model is neither parent: the same weights give a third output.
+  variables = _init(late, 64)
+  images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 1))
+  out = {name: models.get_model(name).apply(variables, images, train=False)
+         for name in ("cnn_std_centre", "cnn_blurpool", "cnn_blurpool_late")}
+  assert not np.allclose(out["cnn_blurpool_late"], out["cnn_std_centre"])
+  assert not np.allclose(out["cnn_blurpool_late"], out["cnn_blurpool"])
 
 
 def test_cnn_rejects_image_size_it_cannot_pool():

@@ -47,7 +47,7 @@ class Model(nn.Module):
       x = self.block(x, width, train=train)
       if i == len(self.widths) - 1:
         x = saliency.mark_features(self, x)
-      x = self.pool(x)
+      x = self.pool(x, stage=i)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
@@ -57,6 +57,8 @@ class Model(nn.Module):
     x = ConvBN(width, self.dtype)(x, train=train)
     return ConvBN(width, self.dtype)(x, train=train)
 
-  def pool(self, x: jnp.ndarray) -> jnp.ndarray:
-    """Halves the resolution after each stage; a variant that changes only this overrides it (cnn_blurpool)."""
+  def pool(self, x: jnp.ndarray, *, stage: int) -> jnp.ndarray:
+    """Halves the resolution after stage `stage` (0 first); a variant that changes only this overrides it
+    (cnn_blurpool)."""
+    del stage
     return layers.max_pool_2x2(x)

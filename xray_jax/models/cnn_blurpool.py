@@ -29,5 +29,6 @@ def max_blur_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
 
 class Model(cnn_std_centre.Model):
 
-  def pool(self, x: jnp.ndarray) -> jnp.ndarray:
+  def pool(self, x: jnp.ndarray, *, stage: int) -> jnp.ndarray:
+    del stage
     return max_blur_pool_2x2(x)
