@@ -279,6 +279,20 @@ def run_reference(script: str, steps: int, batch: int) -> dict | None:
   return json.loads(lines[-1])
 
 
+def interleave(rows: list[dict], train_steps: list[Callable[[], jax.Array]], rounds: int, steps: int,
+               batch: int) -> None:
+  """Times each model's step `steps` times per round, the models in turn, and adds the figures to its row."""
+  per_round = [[] for _ in rows]
+  for _ in range(rounds):
+    for rates, one_step in zip(per_round, train_steps):
+      rates.append(batch / _timed(one_step, steps)[0])
+  first = statistics.median(per_round[0])
+  for row, rates in zip(rows, per_round):
+    row["train_img_per_s_rounds"] = [round(r, 1) for r in rates]
+    row["train_img_per_s_interleaved"] = round(statistics.median(rates), 1)
+    row["train_speedup_vs_first_model"] = round(statistics.median(rates) / first, 3)
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--model", action="append", help="model name(s); default refcnn")
@@ -307,13 +321,17 @@ def main():
   ap.add_argument("--peak_tflops", type=float,
                   help="the device's datasheet peak in the compute dtype (e.g. 989 for an H100 SXM in dense "
                   "bfloat16): adds train_mfu, model FLOPs per second over this peak")
+  ap.add_argument("--rounds", type=int, default=0,
+                  help="with several --model: then time their train steps again in this many interleaved rounds "
+                  "of --steps each (every model once per round), so a drift of the machine's speed falls on all "
+                  "of them alike; adds train_img_per_s_rounds, its median, and the speed-up over the first model")
   ap.add_argument("--json", action="store_true", help="one JSON line per framework/model, nothing else")
   args = ap.parse_args()
 
   if args.plain_conv:
     layers.Conv = nn.Conv  # models look layers.Conv up when they are called
   ceiling = matmul_ceiling(args.matmul_size, args.dtype)
-  rows = []
+  rows, train_steps = [], []
   for name in args.model or ["refcnn"]:
     row, train_step = bench_model(name, batch=args.batch, steps=args.steps, image_size=args.image_size,
                                   augment=args.augment, dtype=args.dtype)
@@ -335,6 +353,9 @@ def main():
       row.update(bench_originals(args.originals_dir, args.image_size, args.originals_repeat))
       row["originals_to_step_ratio"] = round(row["originals_cold_img_per_s"] / row["train_img_per_s"], 2)
     rows.append(row)
+    train_steps.append(train_step)
+  if args.rounds:
+    interleave(rows, train_steps, args.rounds, args.steps, args.batch)
   if args.compare:
     for script in ("keras_refcnn.py", "torch_refcnn.py"):
       ref = run_reference(os.path.join(args.bench_dir, script), args.steps, args.batch)

@@ -76,14 +76,19 @@ runpy.run_path("scripts/benchmark.py", run_name="__main__")
 
 
 def test_benchmark_times_the_step_without_tensorflow_and_reports_mfu():
-  r = subprocess.run([sys.executable, "-c", _WITHOUT_TF, "--model=mlp", "--batch=2", "--steps=2",
-                      "--matmul_size=64", "--peak_tflops=1", "--dtype=bfloat16", "--json"],
+  r = subprocess.run([sys.executable, "-c", _WITHOUT_TF, "--model=mlp", "--model=refcnn", "--batch=2", "--steps=2",
+                      "--image_size=32", "--rounds=3", "--matmul_size=64", "--peak_tflops=1", "--dtype=bfloat16", "--json"],
                      cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
-  row = json.loads(r.stdout.splitlines()[-1])
+  mlp, row = [json.loads(l) for l in r.stdout.splitlines()]
   assert row["dtype"] == row["matmul_dtype"] == "bfloat16" and row["matmul_size"] == 64
   # MFU is the step's GFLOP/s over the peak given (1 TFLOP/s here).
   assert row["train_mfu"] == round(row["train_gflop_per_s"] / 1e3, 4) > 0
+  # --rounds: each model timed once per round, the speed-up taken against the first model's median.
+  assert len(mlp["train_img_per_s_rounds"]) == len(row["train_img_per_s_rounds"]) == 3
+  assert mlp["train_speedup_vs_first_model"] == 1.0 and row["train_speedup_vs_first_model"] > 0
+  assert abs(row["train_speedup_vs_first_model"] * mlp["train_img_per_s_interleaved"]
+             - row["train_img_per_s_interleaved"]) < 0.1 + 1e-3 * row["train_img_per_s_interleaved"]
 
 
 def test_benchmark_reports_the_convolution_each_model_really_builds(monkeypatch):
