@@ -2,9 +2,10 @@
 
 The first stage's pool is MaxBlurPool's largest and dearest pass (its stride-1 max and blur run
 on 128x128 activations): the `cnn_blurpool` step costs about 1.4x that of `cnn_std_centre`, and
-keeping the first pool plain takes back about half of that (1.21x faster than `cnn_blurpool`,
-benchmarks/RESULTS.md). Asks whether anti-aliasing the later, coarser stages keeps the
-robustness that idea 28 bought (experiments/RESULTS.md, idea 30).
+keeping the first pool plain takes back about half of that (the step 1.12-1.16x faster than
+`cnn_blurpool`'s, benchmarks/RESULTS.md). Asks whether anti-aliasing the later, coarser stages
+keeps the robustness that idea 28 bought: in one seed of three it does not, on zoom
+(experiments/RESULTS.md, idea 30).
 """
 
 import jax.numpy as jnp
