@@ -4,8 +4,8 @@ The first stage's pool is MaxBlurPool's largest and dearest pass (its stride-1 m
 on 128x128 activations): the `cnn_blurpool` step costs about 1.4x that of `cnn_std_centre`, and
 keeping the first pool plain takes back about half of that (the step 1.12-1.16x faster than
 `cnn_blurpool`'s, benchmarks/RESULTS.md). Asks whether anti-aliasing the later, coarser stages
-keeps the robustness that idea 28 bought: in one seed of three it does not, on zoom
-(experiments/RESULTS.md, idea 30).
+keeps the robustness that idea 28 bought: at their final checkpoints three seeds do; at the
+kept (best-validation) ones one seed in three falls back on zoom (experiments/RESULTS.md, idea 30).
 """
 
 import jax.numpy as jnp
