@@ -135,6 +135,8 @@ def test_is_better_prefers_metric_then_lower_loss():
   assert not trainer.is_better(a, a, "roc_auc")
   assert trainer.is_better({**a, "loss": 0.4}, a, "loss")
   assert not trainer.is_better({**a, "roc_auc": float("nan")}, a, "roc_auc")
+  for worse in ({**a, "roc_auc": 0.5, "loss": 2.0}, {**a, "roc_auc": float("nan")}):
+    assert trainer.is_better(worse, a, "final")  # no selection: the newer checkpoint always wins
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +262,23 @@ def test_moving_average_run_checkpoints_evaluates_and_cannot_drop_it_on_resume(p
         trainer.train_and_evaluate(other, workdir)
     else:
       assert trainer.train_and_evaluate(other, workdir)["step"] in (4, 6)
+
+
+def test_final_rule_keeps_the_last_validated_checkpoint_even_when_worse(prepared_sample, tmp_path):
+  _, tfds_dir = prepared_sample
+  # A learning rate this high makes the later validations worse than the first one for this seed.
+  config = learning.TrainConfig(model="mlp", data_dir=SAMPLE_DIR, tfds_data_dir=tfds_dir, image_size=32,
+                               batch_size=16, num_epochs=3, learning_rate=0.3, warmup_epochs=0,
+                               best_metric="final")
+  workdir = str(tmp_path)
+  best = trainer.train_and_evaluate(config, workdir)
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert len(lines) == 3 and best["step"] == lines[-1]["step"]
+  assert best["roc_auc"] == pytest.approx(lines[-1]["val_roc_auc"], abs=1e-12)
+  assert lines[-1]["val_roc_auc"] < max(l["val_roc_auc"] for l in lines)  # roc_auc would have kept another
+  assert evaluate.evaluate_workdir(workdir, split="validation")["step"] == lines[-1]["step"]
+  with pytest.raises(UsageError, match=r"--best_metric='last' must be one of roc_auc, loss, accuracy, final"):
+    trainer.train_and_evaluate(dataclasses.replace(config, best_metric="last"), str(tmp_path / "other"))
 
 
 def test_batch_larger_than_the_train_split_is_refused(prepared_sample, tmp_path):

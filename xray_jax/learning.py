@@ -45,7 +45,7 @@ class TrainConfig:
   seed: int = 0
   log_every_steps: int = 50
   checkpoint_every_steps: int = 500
-  best_metric: str = "roc_auc"  # roc_auc | loss | accuracy, on the validation split
+  best_metric: str = "roc_auc"  # roc_auc | loss | accuracy on the validation split, or final (no selection)
   dtype: str = "float32"  # compute dtype of the model; parameters and optimizer stay float32
   threshold_rule: str = "validation"  # evaluate's default way to pick the threshold: a key of THRESHOLD_RULES
 

@@ -72,8 +72,9 @@ flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port 
 flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes in all.")
 flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index, 0..num_processes-1.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with what the cluster environment says.")
-flags.DEFINE_enum("best_metric", _D.best_metric, ["roc_auc", "loss", "accuracy"],
-                  "Validation metric that picks the best checkpoint.")
+flags.DEFINE_enum("best_metric", _D.best_metric, list(trainer.BEST_METRICS),
+                  "Validation metric that picks the checkpoint evaluation uses (WD/best/); final: no "
+                  "pick, the last one validated.")
 
 
 def config_from_flags() -> learning.TrainConfig:

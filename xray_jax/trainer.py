@@ -86,9 +86,16 @@ def predict(state: learning.TrainState, batches: Iterable[input_pipeline.Batch],
   return Predictions(np.concatenate(labels).astype(np.int32), np.concatenate(probs).astype(np.float64), names)
 
 
+BEST_METRICS = ("roc_auc", "loss", "accuracy", "final")
+
+
 def is_better(candidate: dict[str, float], best: dict[str, float] | None, metric: str) -> bool:
-  """Strictly better on `metric`; ties go to the lower loss (a saturated AUC says little)."""
-  if best is None:
+  """Strictly better on `metric`; ties go to the lower loss (a saturated AUC says little).
+
+  "final" keeps every newer checkpoint, so `best/` ends as the last one validated: where the
+  validation metric is saturated, picking among late epochs by it picks by noise (RESULTS idea 31).
+  """
+  if best is None or metric == "final":
     return True
   sign = -1.0 if metric == "loss" else 1.0
   key = lambda m: (sign * m[metric], -m["loss"])
@@ -228,8 +235,8 @@ def load_training_data(config: learning.TrainConfig, workdir: str, overwrite: bo
 def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite: bool = False) -> dict[str, Any]:
   """Trains (resuming from the workdir's last checkpoint), keeps the best, returns its metrics."""
   models.get_model(config.model)  # fail fast on an unknown name, before any data work
-  if config.best_metric not in ("roc_auc", "loss", "accuracy"):
-    raise UsageError(f"--best_metric={config.best_metric!r} must be one of roc_auc, loss, accuracy.")
+  if config.best_metric not in BEST_METRICS:
+    raise UsageError(f"--best_metric={config.best_metric!r} must be one of {', '.join(BEST_METRICS)}.")
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   data = load_training_data(config, workdir, overwrite)
@@ -296,7 +303,7 @@ def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite:
     logging.info("epoch %.2f step %d | train loss %.4f acc %.4f auc %.4f | val loss %.4f acc %.4f auc %.4f%s",
                  record["epoch"], step, train.get("loss", np.nan), train.get("accuracy", np.nan),
                  train.get("roc_auc", np.nan), val["loss"], val["accuracy"], val["roc_auc"],
-                 "  (best so far: saved)" if improved else "")
+                 ("  (kept: final)" if config.best_metric == "final" else "  (best so far: saved)") if improved else "")
 
   step = start_step
   pending = None  # (step, device metrics, file names): fetched one step late, so the host never stalls
