@@ -3,11 +3,15 @@
     python scripts/summarize_runs.py cnn cnn_affine cnn_seed mlp_baseline
     python scripts/summarize_runs.py "cnn, ensemble of 3=runs/cnn_s0/reports/ensemble_validation_stress.json"
     python scripts/summarize_runs.py --report=validation_unseen --per_shift cnn cnn_plain
+    python scripts/summarize_runs.py --against=validation_stress_latest "all=runs/cnn_s*/reports/validation_stress.json,other/runs/*_s0/reports/validation_stress.json"
 
 An argument NAME reads runs/NAME_s*/reports/REPORT.json (--report, default validation_stress;
 and kaggle_val.json, wall_time_s.txt beside them); LABEL=GLOB reads the report files GLOB
-matches. Figures are mean +- sample standard deviation over the runs found ("n" says how
-many); nothing is filled in by hand. --per_shift adds a table of each stress shift.
+matches (several GLOBs: comma-separated). Figures are mean +- sample standard deviation over
+the runs found ("n" says how many); nothing is filled in by hand. --per_shift adds a table of
+each stress shift. --against=OTHER adds, after each row, the paired differences OTHER minus
+REPORT over the runs that have both (OTHER.json beside each report, e.g. the same runs evaluated
+at another checkpoint), with in how many runs OTHER's figure is at least REPORT's.
 """
 
 import argparse
@@ -55,11 +59,33 @@ def _load(path: str) -> dict:
     return json.load(f)
 
 
+def _figure(get, report: dict) -> float | None:
+  try:
+    return float(get(report))
+  except (KeyError, TypeError):
+    return None
+
+
+def _paired(pairs: list[tuple[dict, dict]]) -> list[str]:
+  """Per column: mean ± sd of (other - report) over the runs with both figures, and k/n with other >= report."""
+  cells = []
+  for _, get in COLUMNS:
+    both = [(_figure(get, r), _figure(get, o)) for r, o in pairs]
+    d = [b - a for a, b in both if a is not None and b is not None]
+    if not d:
+      cells.append("n/a")
+      continue
+    spread = f" ± {np.std(d, ddof=1):.4f}" if len(d) > 1 else ""
+    cells.append(f"{np.mean(d):+.4f}{spread} ({sum(x >= 0 for x in d)}/{len(d)})")
+  return cells
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("groups", nargs="+")
   ap.add_argument("--runs_dir", default="runs")
   ap.add_argument("--report", default="validation_stress", help="report name that NAME arguments read")
+  ap.add_argument("--against", help="another report name: add each group's paired differences, it minus --report")
   ap.add_argument("--per_shift", action="store_true", help="also a table: each shift's ROC AUC, sensitivity "
                   "and specificity at the run's threshold")
   args = ap.parse_args()
@@ -69,20 +95,15 @@ def main():
   print("|" + "---|" * len(header))
   for group in args.groups:
     if "=" in group:
-      label, pattern = group.split("=", 1)
-      paths = sorted(glob.glob(pattern))
+      label, patterns = group.split("=", 1)
+      paths = sorted(p for pattern in patterns.split(",") for p in glob.glob(pattern))
     else:
       label, paths = group, sorted(glob.glob(os.path.join(args.runs_dir, f"{group}_s[0-9]*", "reports",
                                                           f"{args.report}.json")))
     reports = [_load(p) for p in paths]
     row = [label, str(len(reports))]
     for _, get in COLUMNS:
-      vals = []
-      for r in reports:
-        try:
-          vals.append(float(get(r)))
-        except (KeyError, TypeError):
-          pass
+      vals = [v for v in (_figure(get, r) for r in reports) if v is not None]
       # A figure older reports lack is averaged over the runs that have it, and says how many.
       row.append(_fmt(vals, of=len(reports)))
     kaggle, wall = [], []
@@ -97,6 +118,11 @@ def main():
     # run_seeds.sh times a resumed run apart (wall_time_resumed_s.txt): its time is not counted.
     row += [_fmt(kaggle, 3), _fmt(wall, 1, of=len(paths))]
     print("| " + " | ".join(row) + " |")
+    if args.against:
+      others = [os.path.join(os.path.dirname(p), f"{args.against}.json") for p in paths]
+      pairs = [(r, _load(o)) for r, o in zip(reports, others) if os.path.exists(o)]
+      print("| " + " | ".join([f"{label}: {args.against} minus {args.report}", str(len(pairs))] + _paired(pairs)
+                              + ["", ""]) + " |")
     shifts = list(reports[0].get("stress", {}).get("shifts", {})) if reports and args.per_shift else []
     for shift in shifts:
       got = [r["stress"]["shifts"][shift] for r in reports if shift in r.get("stress", {}).get("shifts", {})]

@@ -149,3 +149,15 @@ def test_summarize_runs_gives_mean_and_spread_and_says_when_a_figure_has_fewer_r
   assert [c.strip() for c in lines[2].strip("|").split("|")][:3] == ["exp", "2", "0.8000 ± 0.0000"]
   assert [c.strip() for c in lines[-1].strip("|").split("|")] == [
       "exp", "markers", "2", "0.9000 ± 0.0000", "0.6000 ± 0.1414", "1.0000 ± 0.0000"]
+  # --against pairs each run with another report beside it; LABEL=GLOB,GLOB pools folders.
+  other = tmp_path / "elsewhere_s0" / "reports"
+  other.mkdir(parents=True)
+  (other / "validation_stress.json").write_text(json.dumps(report(0.96)))
+  for folder, auc in ((tmp_path / "exp_s0" / "reports", 0.93), (tmp_path / "exp_s1" / "reports", 0.92)):
+    (folder / "validation_stress_latest.json").write_text(json.dumps(report(auc)))  # +0.03, -0.02
+  pooled = f"all={tmp_path}/exp_s*/reports/validation_stress.json,{tmp_path}/elsewhere_s0/reports/validation_stress.json"
+  r = _script("summarize_runs.py", "--against=validation_stress_latest", pooled)
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = [[c.strip() for c in l.strip("|").split("|")] for l in r.stdout.splitlines()[-2:]]
+  assert rows[0][:2] == ["all", "3"]  # the third run has no latest report: not paired
+  assert rows[1][:3] == ["all: validation_stress_latest minus validation_stress", "2", "+0.0050 ± 0.0354 (1/2)"]
