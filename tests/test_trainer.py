@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 from typing import Any
@@ -15,6 +16,7 @@ from flax.training import train_state
 
 from conftest import SAMPLE_DIR
 from xray_jax import checkpoints
+from xray_jax import environment
 from xray_jax import evaluate
 from xray_jax import learning
 from xray_jax import models
@@ -167,8 +169,25 @@ def test_training_writes_metrics_checkpoints_and_tensorboard(trained):
 def test_rerunning_a_finished_run_resumes_and_does_nothing(trained):
   config, workdir, best = trained
   before = open(os.path.join(workdir, "metrics.jsonl")).read()
+  starts = open(os.path.join(workdir, environment.FILE)).read().splitlines()
   assert trainer.train_and_evaluate(config, workdir) == best
   assert open(os.path.join(workdir, "metrics.jsonl")).read() == before
+  # Every start leaves a line saying what it ran on: the first start's line is kept.
+  again = open(os.path.join(workdir, environment.FILE)).read().splitlines()
+  assert len(again) == len(starts) + 1 and again[:-1] == starts
+
+
+def test_environment_record_names_the_software_machine_and_data_digest(trained):
+  config, workdir, _ = trained
+  record = json.loads(open(os.path.join(workdir, environment.FILE)).readline())
+  assert record["versions"]["jax"] == jax.__version__ and record["backend"] == jax.default_backend()
+  assert record["cpu"]["logical_cpus"] == os.cpu_count()
+  data = record["data"]
+  records = {n for n in os.listdir(data["dir"]) if ".tfrecord" in n}
+  assert any("-train.tfrecord" in n for n in records) and set(data["sha256"]) == records
+  for name, digest in data["sha256"].items():  # the digest of the very files training read
+    with open(os.path.join(data["dir"], name), "rb") as f:
+      assert hashlib.sha256(f.read()).hexdigest() == digest
 
 
 def test_workdir_with_another_model_is_refused(trained):

@@ -20,6 +20,7 @@ import tensorflow as tf
 from xray_jax import checkpoints
 from xray_jax import chest_xray
 from xray_jax import compile_options
+from xray_jax import environment
 from xray_jax import input_pipeline
 from xray_jax import learning
 from xray_jax import losses
@@ -213,6 +214,8 @@ def load_training_data(config: learning.TrainConfig, workdir: str, overwrite: bo
   builder = builder or load()  # ...the others then find it prepared
   if parallel.is_primary():
     prepare_workdir(config, workdir, overwrite)
+    environment.append(workdir, environment.describe(data_dir=builder.data_dir,
+                                                     compiler_options=compile_options.compiler_options()))
   parallel.sync("workdir ready")
   meta = builder.info.metadata
   if meta["skipped"]:

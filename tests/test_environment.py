@@ -1,0 +1,41 @@
+"""environment.jsonl: what differs between two runs' last starts, read back from real files."""
+
+import json
+
+from xray_jax import environment
+
+
+def _write(folder, *records):
+  folder.mkdir()
+  for r in records:
+    environment.append(str(folder), r)
+  return str(folder)
+
+
+def test_differences_name_each_changed_leaf_and_ignore_the_time():
+  a = {"time": "t0", "versions": {"jax": "0.10.2", "numpy": "2.4"}, "cpu": {"caches": {"L2_unified": "2048K"}}}
+  b = {"time": "t1", "versions": {"jax": "0.10.2", "numpy": "2.5"}, "cpu": {"caches": {"L2_unified": "1024K"}},
+       "env": {"XLA_FLAGS": "--x"}}
+  assert environment.differences(a, b) == [("cpu.caches.L2_unified", "2048K", "1024K"), ("env", None, {"XLA_FLAGS": "--x"}),
+                                           ("versions.numpy", "2.4", "2.5")]
+  assert environment.differences(a, {**a, "time": "later"}) == []
+
+
+def test_command_line_compares_the_last_start_of_two_workdirs(tmp_path, capsys):
+  old = {"time": "t0", "cpu": {"isa": ["avx2"]}}
+  new = {"time": "t1", "cpu": {"isa": ["avx2", "avx512f"]}}
+  a = _write(tmp_path / "a", old, new)  # resumed on another machine: the last line counts
+  b = _write(tmp_path / "b", old)
+  assert environment.main(["environment", a, b]) == 0
+  assert capsys.readouterr().out == "cpu.isa: ['avx2', 'avx512f']  |  ['avx2']\n"
+  assert environment.main(["environment", a, a]) == 0
+  assert "Same software" in capsys.readouterr().out
+  assert environment.main(["environment", a, str(tmp_path / "none")]) == 1
+  assert "environment.jsonl: cannot read it" in capsys.readouterr().err
+  assert [json.loads(l) for l in open(tmp_path / "a" / environment.FILE)] == [old, new]
+
+
+def test_describe_reads_this_machine():
+  record = environment.describe()
+  assert record["cpu"]["logical_cpus"] >= 1 and "jax" in record["versions"] and "data" not in record
+  assert json.loads(json.dumps(record)) == record  # what append writes reads back the same
