@@ -32,6 +32,10 @@ def test_command_line_compares_the_last_start_of_two_workdirs(tmp_path, capsys):
   assert "Same software" in capsys.readouterr().out
   assert environment.main(["environment", a, str(tmp_path / "none")]) == 1
   assert "environment.jsonl: cannot read it" in capsys.readouterr().err
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / environment.FILE).write_text("")
+  assert environment.main(["environment", a, str(tmp_path / "empty")]) == 1
+  assert "is empty" in capsys.readouterr().err
   assert [json.loads(l) for l in open(tmp_path / "a" / environment.FILE)] == [old, new]
 
 

@@ -1,9 +1,10 @@
 """What a run ran on, appended to WD/environment.jsonl at every start or resume of `train`.
 
 Bit-for-bit reproduction on CPU holds only on the same software and the same kind of
-machine: XLA compiles for the host's instruction set, and its convolutions block their sums
-by the cache sizes it finds, so another host gives another order of float sums and, ten
-epochs later, other weights (experiments/RESULTS.md, idea 31). Each line records the library
+machine: XLA compiles for the host's instruction set, and the convolution code it calls can
+size its blocks (so its partial sums) by the caches it finds, so another host can give
+another order of float sums and, ten epochs later, other weights (experiments/RESULTS.md,
+idea 31). Only process 0 writes, so a multi-host run records its first host. Each line records the library
 versions, the backend and devices, the CPU (model, vector extensions, caches), the compiler
 options of the train step, the code's git commit and a digest of the prepared data, so two
 runs that disagree can be told apart:
@@ -44,6 +45,11 @@ def versions() -> dict[str, str]:
   return found
 
 
+def _read(path: str) -> str:
+  with open(path) as f:
+    return f.read().strip()
+
+
 def cpu() -> dict[str, Any]:
   """The host CPU as Linux reports it; fewer fields (or none) elsewhere."""
   info: dict[str, Any] = {"machine": platform.machine(), "logical_cpus": os.cpu_count()}
@@ -64,7 +70,7 @@ def cpu() -> dict[str, Any]:
   caches = {}
   for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
     try:
-      level, kind, size = (open(os.path.join(index, n)).read().strip() for n in ("level", "type", "size"))
+      level, kind, size = (_read(os.path.join(index, n)) for n in ("level", "type", "size"))
     except OSError:
       continue
     caches[f"L{level}_{kind.lower()}"] = size
@@ -130,6 +136,8 @@ def last(workdir: str) -> dict[str, Any]:
   except OSError as e:
     raise UsageError(f"{path}: cannot read it ({e.strerror or e}); runs trained before environment.jsonl "
                      "existed have none.") from e
+  if not lines:
+    raise UsageError(f"{path} is empty: start `train` on that workdir once to record its machine.")
   return json.loads(lines[-1])
 
 
