@@ -95,7 +95,8 @@ def main(argv: list[str]) -> None:
   parallel.sync("reports written")  # leave together: JAX's shutdown barrier waits for all
   if not parallel.is_primary():
     return
-  print(f"Best validation checkpoint: step {best.get('step')}, ROC AUC {best.get('roc_auc', float('nan')):.4f}, "
+  which = "Final" if FLAGS.best_metric == "final" else "Best validation"
+  print(f"{which} checkpoint: step {best.get('step')}, ROC AUC {best.get('roc_auc', float('nan')):.4f}, "
         f"accuracy {best.get('accuracy', float('nan')):.4f}. Reports: {FLAGS.workdir}/reports/")
 
 
