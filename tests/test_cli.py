@@ -57,6 +57,15 @@ def test_batch_larger_than_the_split(prepared_sample, tmp_path):
   assert r.returncode == 2 and "Traceback" not in r.stderr and "--batch_size=5000 is larger" in r.stderr
 
 
+def test_train_command_keeps_the_final_checkpoint_and_records_the_machine(prepared_sample, tmp_path):
+  _, tfds_dir = prepared_sample
+  r = _run("xray_jax.train", "--model=mlp", "--image_size=32", "--batch_size=16", "--num_steps=2",
+           "--best_metric=final", f"--data_dir={SAMPLE_DIR}", f"--tfds_data_dir={tfds_dir}", f"--workdir={tmp_path}/wd")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "Final checkpoint: step 2," in r.stdout
+  assert os.path.exists(tmp_path / "wd" / "environment.jsonl") and os.path.exists(tmp_path / "wd" / "reports")
+
+
 def test_verbosity_shows_the_traceback(tmp_path):
   r = _run("xray_jax.train", "--model=resnet9000", "--verbosity=1", f"--workdir={tmp_path}/wd")
   assert r.returncode == 2 and "Traceback" in r.stderr
