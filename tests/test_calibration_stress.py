@@ -45,6 +45,15 @@ def test_temperature_scaling_recovers_a_known_temperature(true_t):
   assert calibration.fit_temperature(labels, distorted) == pytest.approx(true_t, rel=0.05)
 
 
+def test_temperature_one_leaves_every_probability_as_it_was():
+  # Scores saturate in float32 (0 and 1 occur) and sit near 1; a logit-sigmoid round trip would move them.
+  probs = np.concatenate([[0.0, 1.0], np.random.default_rng(2).random(2000) ** 0.01]).astype(np.float32)
+  kept = calibration.apply_temperature(probs, 1.0)
+  assert kept.dtype == np.float64 and np.array_equal(kept, probs.astype(np.float64))
+  assert not np.array_equal(calibration.sigmoid(calibration.logit(probs)), kept)  # what T = 1 no longer does
+  assert calibration.apply_temperature(probs, 2.0)[1] < 1.0  # any other T still maps through the logit
+
+
 def _dataset(names=(b"a.jpeg", b"b.jpeg")):
   texture = np.random.default_rng(3).integers(0, 60, (64, 64), dtype=np.uint8)  # detail for blur to remove
   img = np.stack([gradient_image(64, 64, seed=3) // 2 + texture], -1)

@@ -373,6 +373,9 @@ def test_evaluate_reuses_the_recorded_stress_threshold_while_it_is_valid(trained
   assert again["at_chosen_threshold"]["rule"] == first["at_chosen_threshold"]["rule"]
   assert evaluate.THRESHOLD_FILE in again["extra"]["threshold"]
   assert again["stress"]["threshold_rules"]["stress_youden_all_shifts"] == pytest.approx(chosen)
+  # The same checkpoint on the same split scores the same bits whichever way the threshold came.
+  for key in ("loss", "weighted_loss", "roc_auc", "calibration"):
+    assert again[key] == first[key], key
   # It really is read from the file: an edited value is what the next report uses.
   recorded = json.load(open(path))
   recorded["best"]["threshold"] = 0.25

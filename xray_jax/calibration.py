@@ -29,6 +29,8 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+  if temperature == 1.0:  # the identity, exactly: a logit-sigmoid round trip moves the last bits and clips 0 and 1
+    return np.asarray(probs, np.float64)
   return sigmoid(logit(probs) / temperature)
 
 
