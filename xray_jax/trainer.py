@@ -281,6 +281,7 @@ def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite:
       label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha, ema_decay=config.ema_decay),
       in_shardings=(repl, parallel.batch_sharded(mesh), repl), out_shardings=(repl, repl), donate_argnums=0)
   log = MetricsLog(workdir, start_step)
+  saved_note = "  (kept: final)" if config.best_metric == "final" else "  (best so far: saved)"
 
   def evaluate_and_save(step: int, epoch_outputs: dict[str, list[np.ndarray]]) -> None:
     nonlocal best
@@ -306,7 +307,7 @@ def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite:
     logging.info("epoch %.2f step %d | train loss %.4f acc %.4f auc %.4f | val loss %.4f acc %.4f auc %.4f%s",
                  record["epoch"], step, train.get("loss", np.nan), train.get("accuracy", np.nan),
                  train.get("roc_auc", np.nan), val["loss"], val["accuracy"], val["roc_auc"],
-                 ("  (kept: final)" if config.best_metric == "final" else "  (best so far: saved)") if improved else "")
+                 saved_note if improved else "")
 
   step = start_step
   pending = None  # (step, device metrics, file names): fetched one step late, so the host never stalls
