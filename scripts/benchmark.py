@@ -5,7 +5,8 @@
     python scripts/benchmark.py --model=cnn --data_dir=sample_data/chest_xray --json
     python scripts/benchmark.py --model=cnn --data_dir=../shared/data/chest_xray --batch=32 --turnover_epochs=3 --json
 
-Absolute times on a shared machine drift; compare ratios taken in one run. The train step
+Absolute times on a shared machine drift; compare ratios taken in one run (each row names its host
+CPU in `cpu`, as a training run's environment.jsonl does). The train step
 is timed as the trainer runs it (jitted, state donated, uint8 batch, on-device
 augmentation only with --augment), median over --steps after warm-up, synchronised with
 block_until_ready; FLOPs come from XLA's own cost analysis of the step before optimisation.
@@ -44,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from xray_jax import compile_options
+from xray_jax import environment
 from xray_jax import layers
 from xray_jax import learning
 
@@ -366,7 +368,9 @@ def main():
     if jax_ref and r is not jax_ref and r.get("framework") != "jax-flax":
       r["jax_refcnn_train_speedup"] = round(jax_ref["train_img_per_s"] / r["train_img_per_s"], 2)
       r["jax_refcnn_infer_speedup"] = round(jax_ref["infer_img_per_s"] / r["infer_img_per_s"], 2)
+  host = environment.cpu()  # the same record as a training run's environment.jsonl, to tie a day's speed to its host
   for r in rows:
+    r["cpu"] = host
     if args.json:
       print(json.dumps(r))
     else:

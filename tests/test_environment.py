@@ -1,6 +1,7 @@
 """environment.jsonl: what differs between two runs' last starts, read back from real files."""
 
 import json
+import os
 
 from xray_jax import environment
 
@@ -43,3 +44,34 @@ def test_describe_reads_this_machine():
   record = environment.describe()
   assert record["cpu"]["logical_cpus"] >= 1 and "jax" in record["versions"] and "data" not in record
   assert json.loads(json.dumps(record)) == record  # what append writes reads back the same
+
+
+def _write_records(folder, examples):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  folder.mkdir()
+  with tf.io.TFRecordWriter(str(folder / "set-train.tfrecord-00000-of-00001")) as w:
+    for raw in examples:
+      w.write(raw)
+  return str(folder)
+
+
+def test_data_digest_is_of_the_records_not_of_the_map_order_tfds_happened_to_write(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def example(order, label=1):
+    feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"\x89PNG..."])),
+               "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}
+    # Serialised Examples concatenate to their merge, so this writes the feature map in `order`,
+    # as two preparations of the same images by TFDS can.
+    return b"".join(tf.train.Example(features=tf.train.Features(feature={k: feature[k]})).SerializeToString()
+                    for k in order)
+
+  a = _write_records(tmp_path / "a", [example(("image", "label")), example(("label", "image"), 0)])
+  b = _write_records(tmp_path / "b", [example(("label", "image")), example(("image", "label"), 0)])
+  relabelled = _write_records(tmp_path / "c", [example(("image", "label")), example(("label", "image"), 1)])
+  name = "set-train.tfrecord-00000-of-00001"
+  assert open(f"{a}/{name}", "rb").read() != open(f"{b}/{name}", "rb").read()  # other bytes ...
+  digest = environment.data_digest(a)
+  assert digest["records_sha256"] == environment.data_digest(b)["records_sha256"]  # ... the same records
+  assert digest["records_sha256"] != environment.data_digest(relabelled)["records_sha256"]
+  assert digest["bytes"] == {name: os.path.getsize(f"{a}/{name}")}

@@ -57,6 +57,7 @@ def test_benchmark_prints_the_shared_scripts_fields_and_the_pipeline_and_origina
     assert row[key] > 0, key
   assert row["batch"] == 4 and row["originals_examples"] == 2 * 16  # every file of val/, twice
   assert row["conv"] == "none"  # the mlp has no convolution to report
+  assert row["cpu"]["logical_cpus"] == os.cpu_count() and row["cpu"]["machine"]  # the host the figures belong to
   assert row["train_page_faults_per_step"] >= 0 and row["infer_page_faults_per_call"] >= 0
   for variant in ("shipped", "autotune"):  # one deletion timed per epoch and variant
     assert len(row[f"turnover_{variant}_s"]) == 2 and row[f"turnover_{variant}_total_s"] >= 0

@@ -6,7 +6,7 @@ size its blocks (so its partial sums) by the caches it finds, so another host ca
 another order of float sums and, ten epochs later, other weights (experiments/RESULTS.md,
 idea 31). Only process 0 writes, so a multi-host run records its first host. Each line records the library
 versions, the backend and devices, the CPU (model, vector extensions, caches), the compiler
-options of the train step, the code's git commit and a digest of the prepared data, so two
+options of the train step, the code's git commit and a digest of the prepared records, so two
 runs that disagree can be told apart:
 
     python -m xray_jax.environment runs/cnn_s0 other/runs/cnn_s0     # what differs
@@ -90,19 +90,27 @@ def git_commit(path: str) -> dict[str, Any]:
 
 
 def data_digest(data_dir: str) -> dict[str, Any]:
-  """sha256 of each prepared record file (sizes only past MAX_DIGEST_BYTES in all)."""
+  """A sha256 per prepared record file of what its Examples hold, in file order (sizes only past
+  MAX_DIGEST_BYTES in all).
+
+  Not the files' own bytes: TFDS writes each Example's feature map in an order that changes
+  from one preparation to the next (protobuf leaves map order unspecified), so the same images
+  prepared twice give other file bytes. Each Example is hashed as its deterministic
+  serialisation (map keys sorted) instead, which is equal exactly when the records are.
+  """
   files = sorted(glob.glob(os.path.join(data_dir, "*.tfrecord*")))
   sizes = {os.path.basename(p): os.path.getsize(p) for p in files}
   if sum(sizes.values()) > MAX_DIGEST_BYTES:
-    return {"dir": data_dir, "bytes": sizes, "sha256": "not computed: over MAX_DIGEST_BYTES"}
+    return {"dir": data_dir, "bytes": sizes, "records_sha256": "not computed: over MAX_DIGEST_BYTES"}
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel  # only where data was prepared
   digests = {}
   for p in files:
     h = hashlib.sha256()
-    with open(p, "rb") as f:
-      for block in iter(lambda: f.read(1 << 22), b""):
-        h.update(block)
+    for raw in tf.data.TFRecordDataset(p):
+      canonical = tf.train.Example.FromString(raw.numpy()).SerializeToString(deterministic=True)
+      h.update(len(canonical).to_bytes(8, "little") + canonical)  # the length keeps record bounds apart
     digests[os.path.basename(p)] = h.hexdigest()
-  return {"dir": data_dir, "bytes": sizes, "sha256": digests}
+  return {"dir": data_dir, "bytes": sizes, "records_sha256": digests}
 
 
 def describe(*, data_dir: str | None = None, compiler_options: dict[str, str] | None = None) -> dict[str, Any]:
