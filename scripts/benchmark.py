@@ -127,8 +127,9 @@ def conv_kernel_grad(kinds: str) -> str:
 
 
 def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: bool,
-                dtype: str) -> tuple[dict, Callable[[], jax.Array]]:
-  """The row of figures, and the compiled train step (on a fixed batch) for other timings to run."""
+                dtype: str) -> tuple[dict, Callable[[], jax.Array], Callable[[], jax.Array]]:
+  """The row of figures, and the compiled train step (on a fixed batch) and inference call (batch 256)
+  for other timings to run."""
   config = learning.TrainConfig(model=name, image_size=image_size, batch_size=batch, dtype=dtype)
   model = learning.create_model(config)
   state = learning.create_train_state(config, model, jax.random.key(0), lambda _: 1e-3)
@@ -164,8 +165,9 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   # time, about one call in fifteen; benchmarks/RESULTS.md, "Inference after the train step").
   # One warm-up as in ../shared/bench, then the median of ten calls, so one or two such calls do
   # not set the figure; the faults are reported.
-  infer(holder["state"], infer_batch).block_until_ready()
-  infer_s, infer_faults = _timed(lambda: infer(holder["state"], infer_batch), 10)
+  one_infer = lambda: infer(holder["state"], infer_batch)
+  one_infer().block_until_ready()
+  infer_s, infer_faults = _timed(one_infer, 10)
   out = {"framework": "jax-flax", "version": f"jax {jax.__version__}", "model": name, "device": str(jax.devices()[0]),
          "device_kind": jax.devices()[0].device_kind,
          "batch": batch, "params": learning.param_count(state.params), "augment": augment, "dtype": dtype,
@@ -179,7 +181,7 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
     out["train_gflop_per_s"] = round(train_flops / train_s / 1e9, 1)
   if infer_flops:
     out["infer_gflop_per_s"] = round(infer_flops / infer_s / 1e9, 1)
-  return out, one_step
+  return out, one_step, one_infer
 
 
 def bench_pipeline(data_dir: str, tfds_data_dir: str, image_size: int, batch: int, turnover_epochs: int = 0,
@@ -281,6 +283,48 @@ def run_reference(script: str, steps: int, batch: int) -> dict | None:
   return json.loads(lines[-1])
 
 
+def compare(jax_calls: tuple[Callable[[], jax.Array], Callable[[], jax.Array]] | None, scripts: list[str],
+            rounds: int, steps: int, batch: int) -> list[dict]:
+  """Rows of the reference scripts, each run `rounds` times in turn, the JAX refcnn re-timed just before each run.
+
+  Each ratio is taken between neighbouring measurements, and the figure is the median over the
+  rounds: this machine's speed drifts by 10-30% over minutes, which would otherwise fall on one
+  framework's turn. Each row keeps the JAX rates its ratios used.
+  """
+  refs: dict[str, list[dict]] = {s: [] for s in scripts}
+  jax_rates: dict[str, list[tuple[float, float]]] = {s: [] for s in scripts}
+  live = list(scripts)
+  for _ in range(max(1, rounds)):
+    for script in list(live):
+      if jax_calls is not None:
+        train_call, infer_call = jax_calls
+        rates = (round(batch / _timed(train_call, steps)[0], 1), round(256 / _timed(infer_call, 10)[0], 1))
+      ref = run_reference(script, steps, batch)
+      if ref is None:  # not installed, or failed: said on stderr once
+        live.remove(script)
+        continue
+      refs[script].append(ref)
+      if jax_calls is not None:
+        jax_rates[script].append(rates)
+  out = []
+  for script in scripts:
+    runs = refs[script]
+    if not runs:
+      continue
+    row = dict(runs[0])
+    row["rounds"] = len(runs)
+    for i, kind in enumerate(("train", "infer")):
+      row[f"{kind}_img_per_s_rounds"] = [x[f"{kind}_img_per_s"] for x in runs]
+      row[f"{kind}_img_per_s"] = statistics.median(row[f"{kind}_img_per_s_rounds"])
+      if jax_calls is not None:
+        ratios = [j[i] / x[f"{kind}_img_per_s"] for j, x in zip(jax_rates[script], runs)]
+        row[f"jax_refcnn_{kind}_img_per_s_rounds"] = [j[i] for j in jax_rates[script]]
+        row[f"jax_refcnn_{kind}_speedup_rounds"] = [round(r, 3) for r in ratios]
+        row[f"jax_refcnn_{kind}_speedup"] = round(statistics.median(ratios), 2)
+    out.append(row)
+  return out
+
+
 def interleave(rows: list[dict], train_steps: list[Callable[[], jax.Array]], rounds: int, steps: int,
                batch: int) -> None:
   """Times each model's step `steps` times per round, the models in turn, and adds the figures to its row."""
@@ -316,6 +360,10 @@ def main():
   ap.add_argument("--originals_repeat", type=int, default=1,
                   help="read each file of --originals_dir this many times (copies), e.g. 20 for the 16 of val/")
   ap.add_argument("--compare", action="store_true", help="also run the Keras and PyTorch reference scripts")
+  ap.add_argument("--compare_rounds", type=int, default=1,
+                  help="with --compare: run each reference script this many times, the JAX refcnn re-timed just "
+                  "before each run, and report the median of those ratios, so a drift of the machine's speed "
+                  "during one framework's turn does not set the figure")
   ap.add_argument("--bench_dir", default=os.path.join(REPO, "..", "shared", "bench"))
   ap.add_argument("--matmul_size", type=int, default=2048,
                   help="side of the square matmul that measures the ceiling, in the compute --dtype; "
@@ -333,9 +381,9 @@ def main():
   if args.plain_conv:
     layers.Conv = nn.Conv  # models look layers.Conv up when they are called
   ceiling = matmul_ceiling(args.matmul_size, args.dtype)
-  rows, train_steps = [], []
+  rows, train_steps, infer_calls = [], [], []
   for name in args.model or ["refcnn"]:
-    row, train_step = bench_model(name, batch=args.batch, steps=args.steps, image_size=args.image_size,
+    row, train_step, infer_call = bench_model(name, batch=args.batch, steps=args.steps, image_size=args.image_size,
                                   augment=args.augment, dtype=args.dtype)
     row.update(matmul_gflop_per_s=round(ceiling, 1), matmul_size=args.matmul_size, matmul_dtype=args.dtype)
     if "train_gflop_per_s" in row:
@@ -356,18 +404,14 @@ def main():
       row["originals_to_step_ratio"] = round(row["originals_cold_img_per_s"] / row["train_img_per_s"], 2)
     rows.append(row)
     train_steps.append(train_step)
+    infer_calls.append(infer_call)
   if args.rounds:
     interleave(rows, train_steps, args.rounds, args.steps, args.batch)
   if args.compare:
-    for script in ("keras_refcnn.py", "torch_refcnn.py"):
-      ref = run_reference(os.path.join(args.bench_dir, script), args.steps, args.batch)
-      if ref:
-        rows.append(ref)
-  jax_ref = next((r for r in rows if r.get("model") == "refcnn"), None)
-  for r in rows:
-    if jax_ref and r is not jax_ref and r.get("framework") != "jax-flax":
-      r["jax_refcnn_train_speedup"] = round(jax_ref["train_img_per_s"] / r["train_img_per_s"], 2)
-      r["jax_refcnn_infer_speedup"] = round(jax_ref["infer_img_per_s"] / r["infer_img_per_s"], 2)
+    jax_ref = next((i for i, r in enumerate(rows) if r["model"] == "refcnn"), None)
+    rows += compare((train_steps[jax_ref], infer_calls[jax_ref]) if jax_ref is not None else None,
+                    [os.path.join(args.bench_dir, s) for s in ("keras_refcnn.py", "torch_refcnn.py")],
+                    args.compare_rounds, args.steps, args.batch)
   host = environment.cpu()  # the same record as a training run's environment.jsonl, to tie a day's speed to its host
   for r in rows:
     r["cpu"] = host

@@ -92,6 +92,38 @@ def test_benchmark_times_the_step_without_tensorflow_and_reports_mfu():
              - row["train_img_per_s_interleaved"]) < 0.1 + 1e-3 * row["train_img_per_s_interleaved"]
 
 
+# A stand-in for ../shared/bench/keras_refcnn.py (a real Keras run takes a minute): its rate rises
+# 10 img/s with each run, as a machine's drift would, so each round's ratio is checkable.
+_FAKE_KERAS = """
+import json, os, sys
+count = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs.txt")
+n = int(open(count).read()) + 1 if os.path.exists(count) else 1
+open(count, "w").write(str(n))
+batch = int(sys.argv[sys.argv.index("--batch") + 1])
+print("warming up")
+print(json.dumps({"framework": "keras-tensorflow", "batch": batch, "params": 1,
+                  "train_img_per_s": 10.0 * n, "infer_img_per_s": 50.0 * n}))
+"""
+
+
+def test_benchmark_compare_takes_each_ratio_within_a_round_and_reports_the_median(tmp_path):
+  (tmp_path / "keras_refcnn.py").write_text(_FAKE_KERAS)  # no torch_refcnn.py here: skipped, said on stderr
+  r = _script("benchmark.py", "--model=refcnn", "--batch=2", "--steps=2", "--image_size=32", "--matmul_size=64",
+              "--compare", "--compare_rounds=3", f"--bench_dir={tmp_path}", "--json")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "torch_refcnn.py" in r.stderr
+  jax_row, keras = [json.loads(l) for l in r.stdout.splitlines()]
+  assert jax_row["model"] == "refcnn" and keras["framework"] == "keras-tensorflow"
+  assert (tmp_path / "runs.txt").read_text() == "3" and keras["rounds"] == 3
+  assert keras["train_img_per_s_rounds"] == [10.0, 20.0, 30.0] and keras["train_img_per_s"] == 20.0
+  for kind in ("train", "infer"):
+    jax_rates = keras[f"jax_refcnn_{kind}_img_per_s_rounds"]  # JAX re-timed before each run
+    ratios = [j / x for j, x in zip(jax_rates, keras[f"{kind}_img_per_s_rounds"])]
+    assert len(jax_rates) == 3 and all(j > 0 for j in jax_rates)
+    assert keras[f"jax_refcnn_{kind}_speedup_rounds"] == [round(x, 3) for x in ratios]
+    assert keras[f"jax_refcnn_{kind}_speedup"] == round(sorted(ratios)[1], 2)
+
+
 def test_benchmark_reports_the_convolution_each_model_really_builds(monkeypatch):
   import importlib.util  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
