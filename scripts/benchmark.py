@@ -291,34 +291,32 @@ def compare(jax_calls: tuple[Callable[[], jax.Array], Callable[[], jax.Array]] |
   rounds: this machine's speed drifts by 10-30% over minutes, which would otherwise fall on one
   framework's turn. Each row keeps the JAX rates its ratios used.
   """
-  refs: dict[str, list[dict]] = {s: [] for s in scripts}
-  jax_rates: dict[str, list[tuple[float, float]]] = {s: [] for s in scripts}
+  # Per script, each run's row beside the JAX (train, inference) rates taken just before it.
+  runs: dict[str, list[tuple[dict, tuple[float, float] | None]]] = {s: [] for s in scripts}
   live = list(scripts)
   for _ in range(max(1, rounds)):
     for script in list(live):
+      rates = None
       if jax_calls is not None:
         train_call, infer_call = jax_calls
         rates = (round(batch / _timed(train_call, steps)[0], 1), round(256 / _timed(infer_call, 10)[0], 1))
       ref = run_reference(script, steps, batch)
       if ref is None:  # not installed, or failed: said on stderr once
         live.remove(script)
-        continue
-      refs[script].append(ref)
-      if jax_calls is not None:
-        jax_rates[script].append(rates)
+      else:
+        runs[script].append((ref, rates))
   out = []
   for script in scripts:
-    runs = refs[script]
-    if not runs:
+    if not runs[script]:
       continue
-    row = dict(runs[0])
-    row["rounds"] = len(runs)
+    refs, jax_rates = zip(*runs[script])
+    row = dict(refs[0], rounds=len(refs))
     for i, kind in enumerate(("train", "infer")):
-      row[f"{kind}_img_per_s_rounds"] = [x[f"{kind}_img_per_s"] for x in runs]
+      row[f"{kind}_img_per_s_rounds"] = [x[f"{kind}_img_per_s"] for x in refs]
       row[f"{kind}_img_per_s"] = statistics.median(row[f"{kind}_img_per_s_rounds"])
       if jax_calls is not None:
-        ratios = [j[i] / x[f"{kind}_img_per_s"] for j, x in zip(jax_rates[script], runs)]
-        row[f"jax_refcnn_{kind}_img_per_s_rounds"] = [j[i] for j in jax_rates[script]]
+        ratios = [j[i] / x[f"{kind}_img_per_s"] for j, x in zip(jax_rates, refs)]
+        row[f"jax_refcnn_{kind}_img_per_s_rounds"] = [j[i] for j in jax_rates]
         row[f"jax_refcnn_{kind}_speedup_rounds"] = [round(r, 3) for r in ratios]
         row[f"jax_refcnn_{kind}_speedup"] = round(statistics.median(ratios), 2)
     out.append(row)
