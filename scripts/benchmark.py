@@ -48,6 +48,7 @@ from xray_jax import compile_options
 from xray_jax import environment
 from xray_jax import layers
 from xray_jax import learning
+from xray_jax import profiling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,9 +128,11 @@ def conv_kernel_grad(kinds: str) -> str:
 
 
 def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: bool,
-                dtype: str) -> tuple[dict, Callable[[], jax.Array], Callable[[], jax.Array]]:
+                dtype: str, profile_dir: str | None = None,
+                profile_steps: int = 5) -> tuple[dict, Callable[[], jax.Array], Callable[[], jax.Array]]:
   """The row of figures, and the compiled train step (on a fixed batch) and inference call (batch 256)
-  for other timings to run."""
+  for other timings to run. With `profile_dir`, also traces `profile_steps` train steps after the
+  timed ones and writes their per-op table to profile_dir/<name>_train_ops.md (xray_jax/profiling.py)."""
   config = learning.TrainConfig(model=name, image_size=image_size, batch_size=batch, dtype=dtype)
   model = learning.create_model(config)
   state = learning.create_train_state(config, model, jax.random.key(0), lambda _: 1e-3)
@@ -155,6 +158,18 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   for _ in range(3):
     one_step()
   train_s, faults_per_step = _timed(one_step, steps)
+  profiled = {}
+  if profile_dir:
+    ops, wall_s = profiling.profile(one_step, profile_steps, os.path.join(profile_dir, f"{name}_trace"),
+                                    step.as_text())
+    table = os.path.join(profile_dir, f"{name}_train_ops.md")
+    profiling.write_table(ops, profile_steps, wall_s, table)
+    op_s = sum(r.seconds for r in ops)
+    profiled = {"profile_table": table, "profile_step_ms": round(1e3 * wall_s / profile_steps, 1),
+                "profile_op_ms_per_step": round(1e3 * op_s / profile_steps, 1),
+                "profile_share_by_kind": {k: round(v, 3) for k, v in profiling.shares_by_kind(ops).items()},
+                "profile_top_ops": [[r.op.name, r.op.what, round(1e3 * r.seconds / profile_steps, 2)]
+                                    for r in ops[:8]]}
 
   infer_batch = jax.device_put(rng.integers(0, 256, (256, image_size, image_size, 1), dtype=np.uint8))
   infer_fn = jax.jit(learning.eval_step)
@@ -175,7 +190,7 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
          "malloc": MALLOC, "train_page_faults_per_step": round(faults_per_step),
          "infer_page_faults_per_call": round(infer_faults),
          "train_compile_s": round(compile_s, 1),
-         "train_img_per_s": round(batch / train_s, 1), "infer_img_per_s": round(256 / infer_s, 1)}
+         "train_img_per_s": round(batch / train_s, 1), "infer_img_per_s": round(256 / infer_s, 1), **profiled}
   if train_flops:
     out["train_gflop_per_image"] = round(train_flops / batch / 1e9, 3)
     out["train_gflop_per_s"] = round(train_flops / train_s / 1e9, 1)
@@ -373,6 +388,10 @@ def main():
                   help="with several --model: then time their train steps again in this many interleaved rounds "
                   "of --steps each (every model once per round), so a drift of the machine's speed falls on all "
                   "of them alike; adds train_img_per_s_rounds, its median, and the speed-up over the first model")
+  ap.add_argument("--profile_dir",
+                  help="also trace --profile_steps train steps of each model after its timed ones (jax.profiler) and "
+                  "write where the time goes per XLA op, with its HLO and bytes, to DIR/<model>_train_ops.md")
+  ap.add_argument("--profile_steps", type=int, default=5)
   ap.add_argument("--json", action="store_true", help="one JSON line per framework/model, nothing else")
   args = ap.parse_args()
 
@@ -382,7 +401,8 @@ def main():
   rows, train_steps, infer_calls = [], [], []
   for name in args.model or ["refcnn"]:
     row, train_step, infer_call = bench_model(name, batch=args.batch, steps=args.steps, image_size=args.image_size,
-                                  augment=args.augment, dtype=args.dtype)
+                                  augment=args.augment, dtype=args.dtype, profile_dir=args.profile_dir,
+                                  profile_steps=args.profile_steps)
     row.update(matmul_gflop_per_s=round(ceiling, 1), matmul_size=args.matmul_size, matmul_dtype=args.dtype)
     if "train_gflop_per_s" in row:
       row["train_fraction_of_matmul"] = round(row["train_gflop_per_s"] / ceiling, 3)

@@ -109,11 +109,18 @@ print(json.dumps({"framework": "keras-tensorflow", "batch": batch, "params": 1,
 def test_benchmark_compare_takes_each_ratio_within_a_round_and_reports_the_median(tmp_path):
   (tmp_path / "keras_refcnn.py").write_text(_FAKE_KERAS)  # no torch_refcnn.py here: skipped, said on stderr
   r = _script("benchmark.py", "--model=refcnn", "--batch=2", "--steps=2", "--image_size=32", "--matmul_size=64",
-              "--compare", "--compare_rounds=3", f"--bench_dir={tmp_path}", "--json")
+              "--compare", "--compare_rounds=3", f"--bench_dir={tmp_path}", f"--profile_dir={tmp_path}/prof",
+              "--profile_steps=2", "--json")
   assert r.returncode == 0, r.stderr[-2000:]
   assert "torch_refcnn.py" in r.stderr
   jax_row, keras = [json.loads(l) for l in r.stdout.splitlines()]
   assert jax_row["model"] == "refcnn" and keras["framework"] == "keras-tensorflow"
+  # --profile_dir: the step's ops from a real trace, its four convolutions' kinds among them.
+  table = (tmp_path / "prof" / "refcnn_train_ops.md").read_text()
+  assert jax_row["profile_table"] == str(tmp_path / "prof" / "refcnn_train_ops.md")
+  assert all(f"| {name} | {what} |" in table for name, what, _ in jax_row["profile_top_ops"])
+  assert any("convolution" in kind for kind in jax_row["profile_share_by_kind"])
+  assert 0 < jax_row["profile_op_ms_per_step"] and abs(sum(jax_row["profile_share_by_kind"].values()) - 1) < 0.01
   assert (tmp_path / "runs.txt").read_text() == "3" and keras["rounds"] == 3
   assert keras["train_img_per_s_rounds"] == [10.0, 20.0, 30.0] and keras["train_img_per_s"] == 20.0
   for kind in ("train", "infer"):
