@@ -5,7 +5,9 @@
 
 Each op's time is the wall time of its thunk on the thread that ran it (XLA:CPU runs a thunk
 on both cores through its intra-op pool, and may run independent thunks side by side, so the
-per-op sum can exceed the step). Its bytes are its operands' and result's sizes in the
+per-op sum can exceed the step). XLA's own convolutions run asynchronously on several cores:
+their thunks return at once and their time lands on the ops beside them, so only a trace
+confined to one core (`taskset -c 0`) gives every op its own time. Its bytes are its operands' and result's sizes in the
 compiled program: a lower bound on its memory traffic, and what an elementwise pass moves.
 Traced steps run slower than untraced ones (benchmarks/RESULTS.md saw up to 2.8x for
 thunks of microseconds), so read the shares, not the absolute times.
