@@ -56,16 +56,24 @@ def _tie_weight(u, z, v):
 
 
 def _max_2x2_stride1_bwd(x, g):
-  a, b, c, d = _edge_padded_corners(x)
+  # Every window's quantities on a grid one window wider on each side, where the zero-padded g
+  # sends nothing: each corner's share is then a slice of that grid, and all four shares sum in
+  # one pass. (Padding each share into place instead made four full-resolution passes that XLA
+  # would not fuse: the `cnn` step 1.05-1.08x slower, benchmarks/RESULTS.md.)
+  h, w = x.shape[1:3]
+  xx = jnp.pad(x, ((0, 0), (1, 2), (1, 2), (0, 0)), mode="edge")  # windows -1..h and -1..w
+  a, b = xx[:, :h + 2, :w + 2], xx[:, 1:, :w + 2]
+  c, d = xx[:, :h + 2, 1:], xx[:, 1:, 1:]
   p, q = jnp.maximum(a, b), jnp.maximum(c, d)
   m = jnp.maximum(p, q)
-  gp, gq = g * _tie_weight(p, m, q), g * _tie_weight(q, m, p)
-  pad = lambda t, rows, cols: jnp.pad(t, ((0, 0), rows, cols, (0, 0)))
-  # Each corner's share back at its place in the padded input, summed as autodiff sums them.
-  g_xp = ((pad(gq * _tie_weight(d, q, c), (1, 0), (1, 0)) + pad(gq * _tie_weight(c, q, d), (0, 1), (1, 0)))
-          + pad(gp * _tie_weight(b, p, a), (1, 0), (0, 1))) + pad(gp * _tie_weight(a, p, b), (0, 1), (0, 1))
+  gg = jnp.pad(g, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  gp, gq = gg * _tie_weight(p, m, q), gg * _tie_weight(q, m, p)
+  # Window (i, j) sends a to (i, j), b to (i + 1, j), c to (i, j + 1) and d to (i + 1, j + 1) of the
+  # padded input (grid index = window + 1), summed as autodiff sums them.
+  g_xp = (((gq * _tie_weight(d, q, c))[:, :h + 1, :w + 1] + (gq * _tie_weight(c, q, d))[:, 1:, :w + 1])
+          + (gp * _tie_weight(b, p, a))[:, :h + 1, 1:]) + (gp * _tie_weight(a, p, b))[:, 1:, 1:]
   # The edge padding's transpose: the copied last column, then the copied last row, added back.
-  h, w = x.shape[1:3]
+  pad = lambda t, rows, cols: jnp.pad(t, ((0, 0), rows, cols, (0, 0)))
   g_x = g_xp[:, :, :w] + pad(g_xp[:, :, w:], (0, 0), (w - 1, 0))
   return (g_x[:, :h] + pad(g_x[:, h:], (h - 1, 0), (0, 0)),)
 
