@@ -158,22 +158,17 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   for _ in range(3):
     one_step()
   train_s, faults_per_step = _timed(one_step, steps)
-  profiled, ops = {}, []
+  profiled = {}
   if profile_dir:
     try:
       ops, wall_s = profiling.profile(one_step, profile_steps, os.path.join(profile_dir, f"{name}_trace"),
                                       step.as_text())
+      table = os.path.join(profile_dir, f"{name}_train_ops.md")
+      profiling.write_table(ops, profile_steps, wall_s, table)
+      profiled = {"profile_table": table, **{f"profile_{k}": v for k, v in
+                                             profiling.summary(ops, profile_steps, wall_s).items()}}
     except RuntimeError as e:  # a backend whose trace names its ops otherwise: the timings still stand
       profiled = {"profile_error": str(e)}
-  if ops:
-    table = os.path.join(profile_dir, f"{name}_train_ops.md")
-    profiling.write_table(ops, profile_steps, wall_s, table)
-    op_s = sum(r.seconds for r in ops)
-    profiled = {"profile_table": table, "profile_step_ms": round(1e3 * wall_s / profile_steps, 1),
-                "profile_op_ms_per_step": round(1e3 * op_s / profile_steps, 1),
-                "profile_share_by_kind": {k: round(v, 3) for k, v in profiling.shares_by_kind(ops).items()},
-                "profile_top_ops": [[r.op.name, r.op.what, round(1e3 * r.seconds / profile_steps, 2)]
-                                    for r in ops[:8]]}
 
   infer_batch = jax.device_put(rng.integers(0, 256, (256, image_size, image_size, 1), dtype=np.uint8))
   infer_fn = jax.jit(learning.eval_step)

@@ -7,8 +7,9 @@ Each op's time is the wall time of its thunk on the thread that ran it (XLA:CPU 
 on both cores through its intra-op pool, and may run independent thunks side by side, so the
 per-op sum can exceed the step). XLA's own convolutions run asynchronously on several cores:
 their thunks return at once and their time lands on the ops beside them, so only a trace
-confined to one core (`taskset -c 0`) gives every op its own time. Its bytes are its operands' and result's sizes in the
-compiled program: a lower bound on its memory traffic, and what an elementwise pass moves.
+confined to one core (`taskset -c 0`) gives every op its own time. An op's bytes are its
+operands' and result's sizes in the compiled program: a lower bound on its memory traffic, and
+what an elementwise pass moves.
 Traced steps run slower than untraced ones (benchmarks/RESULTS.md saw up to 2.8x for
 thunks of microseconds), so read the shares, not the absolute times.
 """
@@ -31,7 +32,7 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16
 _SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\]")
 # "%name = SHAPE opcode(%a, %b), attributes": the shape may be a tuple, "(f32[2], s32[])".
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(\S+)\s*=\s*(\(.*?\)|\S+)\s+([\w-]+)\((.*?)\)(.*)$")
-_COMPUTATION = re.compile(r"^(ENTRY\s+)?%(\S+)\s.*\{\s*$")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%(\S+)\s.*\{\s*$")
 # Opcodes that name what a fusion mainly does, most telling first.
 _KINDS = ("convolution", "dot", "reduce-window", "select-and-scatter", "scatter", "gather", "reduce", "sort",
           "transpose", "copy", "concatenate", "pad", "slice", "dynamic-update-slice")
@@ -67,7 +68,7 @@ def hlo_ops(hlo_text: str) -> dict[str, HloOp]:
   for line in hlo_text.splitlines():
     head = _COMPUTATION.match(line)
     if head:
-      current = head.group(2)
+      current = head.group(1)
       bodies[current] = set()
       continue
     m = _INSTRUCTION.match(line)
@@ -165,3 +166,11 @@ def shares_by_kind(rows: list[OpTime]) -> dict[str, float]:
   for r in rows:
     shares[r.op.what] = shares.get(r.op.what, 0.0) + r.seconds / total
   return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
+def summary(rows: list[OpTime], steps: int, wall_s: float, top: int = 8) -> dict:
+  """The figures of a profile for a JSON row: wall and op ms per step, shares by kind, the largest ops."""
+  return {"step_ms": round(1e3 * wall_s / steps, 1),
+          "op_ms_per_step": round(1e3 * sum(r.seconds for r in rows) / steps, 1),
+          "share_by_kind": {k: round(v, 3) for k, v in shares_by_kind(rows).items()},
+          "top_ops": [[r.op.name, r.op.what, round(1e3 * r.seconds / steps, 2)] for r in rows[:top]]}
