@@ -38,11 +38,11 @@ def _steps(workdir, kind=checkpoints.LATEST):
 
 
 def _final_digest(workdir, config):
-  mngr = checkpoints.manager(workdir, checkpoints.LATEST, max_to_keep=2)
   model = learning.create_model(config)
   like = learning.create_train_state(config, model, __import__("jax").random.key(0), lambda _: 0.0)
-  state, meta = checkpoints.restore(mngr, mngr.latest_step(), like)
-  return mngr.latest_step(), checkpoints.tree_digest(state.params), checkpoints.tree_digest(state)
+  with checkpoints.manager(workdir, checkpoints.LATEST, max_to_keep=2) as mngr:
+    state, meta = checkpoints.restore(mngr, mngr.latest_step(), like)
+    return mngr.latest_step(), checkpoints.tree_digest(state.params), checkpoints.tree_digest(state)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +125,11 @@ def _flip_bytes(step_dir):
     f.write(bytes(b ^ 0xFF for b in data))
 
 
+# Orbax's failed restore of a truncated file leaves the other arrays' read coroutines
+# un-awaited, and one of them reports later that its event loop is closed (reproduced with
+# Orbax 0.12.8 alone: a CheckpointManager, two jax arrays, one file cut in half). Upstream,
+# and harmless here: the run falls back as asserted below.
+@pytest.mark.filterwarnings("ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", [_damage, _flip_bytes])
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path, damage, caplog):
   config, reference = uninterrupted

@@ -32,9 +32,9 @@ def _train(workdir, tfds_dir, env_extra, extra_flags=(), timeout=300):
 def _restore_here(workdir):
   """Restores a run's final state into this single-device process."""
   config = trainer.load_config(workdir)
-  mngr = checkpoints.manager(workdir, checkpoints.LATEST, max_to_keep=2)
   like = learning.create_train_state(config, learning.create_model(config), jax.random.key(0), lambda _: 0.0)
-  state, _ = checkpoints.restore(mngr, mngr.latest_step(), like)
+  with checkpoints.manager(workdir, checkpoints.LATEST, max_to_keep=2) as mngr:
+    state, _ = checkpoints.restore(mngr, mngr.latest_step(), like)
   return state
 
 

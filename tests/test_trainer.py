@@ -119,11 +119,11 @@ def test_checkpoints_written_before_the_moving_average_existed_still_restore(tmp
   _, state = _state()
   old = Before.create(apply_fn=state.apply_fn, params=jax.tree.map(lambda p: p + 1.0, state.params), tx=state.tx,
                       batch_stats=state.batch_stats).replace(step=jnp.asarray(7, jnp.int32))
-  mngr = checkpoints.manager(str(tmp_path), checkpoints.LATEST, max_to_keep=1)
-  mngr.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(jax.device_get(old)),
-                                       meta=ocp.args.JsonSave({"state_sha256": checkpoints.tree_digest(old)})))
-  mngr.wait_until_finished()
-  restored, _ = checkpoints.restore(mngr, 7, state)  # the digest is checked too
+  with checkpoints.manager(str(tmp_path), checkpoints.LATEST, max_to_keep=1) as mngr:
+    mngr.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(jax.device_get(old)),
+                                         meta=ocp.args.JsonSave({"state_sha256": checkpoints.tree_digest(old)})))
+    mngr.wait_until_finished()
+    restored, _ = checkpoints.restore(mngr, 7, state)  # the digest is checked too
   assert restored.ema is None and int(restored.step) == 7
   jax.tree.map(np.testing.assert_array_equal, restored.params, old.params)
 
@@ -218,9 +218,9 @@ def test_report_files_have_the_promised_shape(trained):
     assert b["accuracy"] == pytest.approx((tn + tp) / 60)
     assert b["sensitivity"] == pytest.approx(tp / 30) and b["specificity"] == pytest.approx(tn / 30)
   assert report["at_threshold_0.5"]["threshold"] == 0.5
-  meta = checkpoints.manager(workdir, checkpoints.BEST, max_to_keep=1)
-  assert report["at_chosen_threshold"]["threshold"] == pytest.approx(
-      checkpoints.restore(meta, meta.latest_step(), _state("cnn", 64)[1])[1]["chosen_threshold"])
+  with checkpoints.manager(workdir, checkpoints.BEST, max_to_keep=1) as best:
+    chosen = checkpoints.restore(best, best.latest_step(), _state("cnn", 64)[1])[1]["chosen_threshold"]
+  assert report["at_chosen_threshold"]["threshold"] == pytest.approx(chosen)
   md = open(os.path.join(workdir, "reports", "test.md")).read()
   assert "ROC AUC" in md and "Confusion matrix" in md and "Youden" in md
   rows = open(os.path.join(workdir, "reports", "test_predictions.csv")).read().splitlines()

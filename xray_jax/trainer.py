@@ -257,72 +257,73 @@ def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite:
   logging.info("Mesh %s over %d device(s) in %d process(es); global batch %d, %d per device.",
                dict(mesh.shape), mesh.size, jax.process_count(), config.batch_size, config.batch_size // mesh.size)
 
-  latest = checkpoints.manager(workdir, checkpoints.LATEST, max_to_keep=2)
-  best_mngr = checkpoints.manager(workdir, checkpoints.BEST, max_to_keep=1)
-  best: dict[str, float] | None = None
-  start_step = 0
-  restored = checkpoints.restore_latest_good(latest, state)
-  if restored is not None:
-    state, ckpt_meta = restored
-    start_step = int(state.step)
-    best = ckpt_meta.get("best")
-    logging.info("Resuming from step %d of %d (checkpoint in %s)", start_step, total_steps, latest.directory)
-  if start_step >= total_steps:
-    logging.info("The run in %s is already complete (%d steps).", workdir, total_steps)
+  # Closing a manager waits for its saves in flight, also on errors: the last one may be the
+  # last good checkpoint.
+  with checkpoints.manager(workdir, checkpoints.LATEST, max_to_keep=2) as latest, \
+       checkpoints.manager(workdir, checkpoints.BEST, max_to_keep=1) as best_mngr:
+    best: dict[str, float] | None = None
+    start_step = 0
+    restored = checkpoints.restore_latest_good(latest, state)
+    if restored is not None:
+      state, ckpt_meta = restored
+      start_step = int(state.step)
+      best = ckpt_meta.get("best")
+      logging.info("Resuming from step %d of %d (checkpoint in %s)", start_step, total_steps, latest.directory)
+    if start_step >= total_steps:
+      logging.info("The run in %s is already complete (%d steps).", workdir, total_steps)
 
-  train_ds = input_pipeline.load_split(builder, "train", config.image_size)
-  val_ds = input_pipeline.load_split(builder, "validation", config.image_size)
-  eval_batch_size = parallel.round_up_to_devices(config.eval_batch_size, mesh)
-  state = parallel.replicate(state, mesh)
-  repl = parallel.replicated(mesh)
-  step_fn = compile_options.jit(functools.partial(
-      learning.train_step, class_weights=jnp.asarray(weights),
-      augment_config=config.augment_config if config.augment else None,
-      label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha, ema_decay=config.ema_decay),
-      in_shardings=(repl, parallel.batch_sharded(mesh), repl), out_shardings=(repl, repl), donate_argnums=0)
-  log = MetricsLog(workdir, start_step)
-  saved_note = "  (kept: final)" if config.best_metric == "final" else "  (best so far: saved)"
+    train_ds = input_pipeline.load_split(builder, "train", config.image_size)
+    val_ds = input_pipeline.load_split(builder, "validation", config.image_size)
+    eval_batch_size = parallel.round_up_to_devices(config.eval_batch_size, mesh)
+    state = parallel.replicate(state, mesh)
+    repl = parallel.replicated(mesh)
+    step_fn = compile_options.jit(functools.partial(
+        learning.train_step, class_weights=jnp.asarray(weights),
+        augment_config=config.augment_config if config.augment else None,
+        label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha, ema_decay=config.ema_decay),
+        in_shardings=(repl, parallel.batch_sharded(mesh), repl), out_shardings=(repl, repl), donate_argnums=0)
+    log = MetricsLog(workdir, start_step)
+    saved_note = "  (kept: final)" if config.best_metric == "final" else "  (best so far: saved)"
 
-  def evaluate_and_save(step: int, epoch_outputs: dict[str, list[np.ndarray]]) -> None:
-    nonlocal best
-    preds = predict(state, input_pipeline.eval_batches(val_ds, num_examples=n_val, batch_size=eval_batch_size),
-                    mesh)
-    val = metrics.summarize(preds.labels, preds.probs, preds.nll)
-    train = metrics.summarize(*(np.concatenate(epoch_outputs[k]) for k in ("label", "prob", "nll"))) \
-        if epoch_outputs["label"] else {}
-    record = {"step": step, "epoch": round(step / steps_per_epoch, 3),
-              "learning_rate": float(learning_rate_fn(step)),
-              **{f"train_{k}": v for k, v in train.items() if k != "num_examples"},
-              **{f"val_{k}": v for k, v in val.items() if k != "num_examples"}}
-    improved = is_better(val, best, config.best_metric)
-    if improved:
-      best = {**val, "step": step}
-    ckpt_meta = {"step": step, "best": best, "val": val, "class_weights": weights.tolist(),
-                 "chosen_threshold": metrics.youden_threshold(preds.labels, preds.probs),
-                 "threshold_rule": THRESHOLD_RULE}
-    if improved:
-      checkpoints.save(best_mngr, step, state, ckpt_meta)
-    checkpoints.save(latest, step, state, ckpt_meta)
-    log.write(record)
-    logging.info("epoch %.2f step %d | train loss %.4f acc %.4f auc %.4f | val loss %.4f acc %.4f auc %.4f%s",
-                 record["epoch"], step, train.get("loss", np.nan), train.get("accuracy", np.nan),
-                 train.get("roc_auc", np.nan), val["loss"], val["accuracy"], val["roc_auc"],
-                 saved_note if improved else "")
+    def evaluate_and_save(step: int, epoch_outputs: dict[str, list[np.ndarray]]) -> None:
+      nonlocal best
+      preds = predict(state, input_pipeline.eval_batches(val_ds, num_examples=n_val, batch_size=eval_batch_size),
+                      mesh)
+      val = metrics.summarize(preds.labels, preds.probs, preds.nll)
+      train = metrics.summarize(*(np.concatenate(epoch_outputs[k]) for k in ("label", "prob", "nll"))) \
+          if epoch_outputs["label"] else {}
+      record = {"step": step, "epoch": round(step / steps_per_epoch, 3),
+                "learning_rate": float(learning_rate_fn(step)),
+                **{f"train_{k}": v for k, v in train.items() if k != "num_examples"},
+                **{f"val_{k}": v for k, v in val.items() if k != "num_examples"}}
+      improved = is_better(val, best, config.best_metric)
+      if improved:
+        best = {**val, "step": step}
+      ckpt_meta = {"step": step, "best": best, "val": val, "class_weights": weights.tolist(),
+                   "chosen_threshold": metrics.youden_threshold(preds.labels, preds.probs),
+                   "threshold_rule": THRESHOLD_RULE}
+      if improved:
+        checkpoints.save(best_mngr, step, state, ckpt_meta)
+      checkpoints.save(latest, step, state, ckpt_meta)
+      log.write(record)
+      logging.info("epoch %.2f step %d | train loss %.4f acc %.4f auc %.4f | val loss %.4f acc %.4f auc %.4f%s",
+                   record["epoch"], step, train.get("loss", np.nan), train.get("accuracy", np.nan),
+                   train.get("roc_auc", np.nan), val["loss"], val["accuracy"], val["roc_auc"],
+                   saved_note if improved else "")
 
-  step = start_step
-  pending = None  # (step, device metrics, file names): fetched one step late, so the host never stalls
-  epoch_outputs: dict[str, list[np.ndarray]] = {"label": [], "prob": [], "nll": []}
-  t0, steps_timed = time.perf_counter(), 0
+    step = start_step
+    pending = None  # (step, device metrics, file names): fetched one step late, so the host never stalls
+    epoch_outputs: dict[str, list[np.ndarray]] = {"label": [], "prob": [], "nll": []}
+    t0, steps_timed = time.perf_counter(), 0
 
-  def collect(p) -> dict[str, np.ndarray]:
-    s, m, names = p
-    m = jax.device_get(m)
-    _check_finite(s, m, names)
-    for k in epoch_outputs:
-      epoch_outputs[k].append(np.asarray(m[k]))
-    return m
+    def collect(p) -> dict[str, np.ndarray]:
+      s, m, names = p
+      m = jax.device_get(m)
+      _check_finite(s, m, names)
+      for k in epoch_outputs:
+        epoch_outputs[k].append(np.asarray(m[k]))
+      return m
 
-  try:
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
       batches = input_pipeline.train_batches(
@@ -355,8 +356,4 @@ def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite:
             epoch_outputs = {k: [] for k in epoch_outputs}
           else:
             checkpoints.save(latest, step, state, {"step": step, "best": best, "class_weights": weights.tolist()})
-  finally:  # also on errors: a save in flight is the last good checkpoint, let it land
-    for mngr in (latest, best_mngr):
-      mngr.wait_until_finished()
-      mngr.close()
-  return best or {}
+    return best or {}
