@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SAMPLE_DIR
-from xray_jax import checkpoints
 from xray_jax import evaluate
 from xray_jax import learning
 from xray_jax import parallel
-from xray_jax import trainer
 from xray_jax.errors import UsageError
 
 STEPS, LR = 6, 1e-3
@@ -31,11 +29,7 @@ def _train(workdir, tfds_dir, env_extra, extra_flags=(), timeout=300):
 
 def _restore_here(workdir):
   """Restores a run's final state into this single-device process."""
-  config = trainer.load_config(workdir)
-  like = learning.create_train_state(config, learning.create_model(config), jax.random.key(0), lambda _: 0.0)
-  with checkpoints.manager(workdir, checkpoints.LATEST, max_to_keep=2) as mngr:
-    state, _ = checkpoints.restore(mngr, mngr.latest_step(), like)
-  return state
+  return evaluate.restore_for_eval(workdir, "latest")[1]
 
 
 def _wait(proc, timeout=300):

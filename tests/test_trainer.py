@@ -218,8 +218,7 @@ def test_report_files_have_the_promised_shape(trained):
     assert b["accuracy"] == pytest.approx((tn + tp) / 60)
     assert b["sensitivity"] == pytest.approx(tp / 30) and b["specificity"] == pytest.approx(tn / 30)
   assert report["at_threshold_0.5"]["threshold"] == 0.5
-  with checkpoints.manager(workdir, checkpoints.BEST, max_to_keep=1) as best:
-    chosen = checkpoints.restore(best, best.latest_step(), _state("cnn", 64)[1])[1]["chosen_threshold"]
+  chosen = evaluate.restore_for_eval(workdir, "best")[2]["chosen_threshold"]
   assert report["at_chosen_threshold"]["threshold"] == pytest.approx(chosen)
   md = open(os.path.join(workdir, "reports", "test.md")).read()
   assert "ROC AUC" in md and "Confusion matrix" in md and "Youden" in md
