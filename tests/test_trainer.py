@@ -452,6 +452,23 @@ def test_evaluate_options_ensemble_tta_temperature_label_shift_and_stress(traine
   assert "Stress test" in md and "Label-shift EM on each shifted set" in md
 
 
+def test_evaluate_with_batch_norm_adapted_to_each_evaluated_set(trained):
+  _, workdir, _ = trained
+  plain = evaluate.evaluate_workdir(workdir, split="validation", report_name="v_plain_bn", stress_test=True,
+                                    threshold_rule="stress", bootstrap=10)
+  adapted = evaluate.evaluate_workdir(workdir, split="validation", report_name="v_adapt", adapt_bn=True,
+                                      stress_test=True, threshold_rule="stress", bootstrap=10)
+  assert "BatchNorm statistics re-estimated" in adapted["extra"]["predictions"]
+  assert "BatchNorm statistics re-estimated" in adapted["at_chosen_threshold"]["rule"]
+  assert not np.allclose(_csv_probs(workdir, "v_plain_bn"), _csv_probs(workdir, "v_adapt"))
+  # Each shifted copy is predicted with statistics of its own, and the threshold is chosen on those.
+  for shift in evaluate.stress.SHIFTS:
+    assert adapted["stress"]["shifts"][shift]["loss"] != pytest.approx(plain["stress"]["shifts"][shift]["loss"])
+  assert adapted["at_chosen_threshold"]["threshold"] != pytest.approx(plain["at_chosen_threshold"]["threshold"])
+  with pytest.raises(UsageError, match="--adapt_bn_prior=4.0 does nothing without --adapt_bn"):
+    evaluate.evaluate_workdir(workdir, split="test", adapt_bn_prior=4.0)
+
+
 def _csv_probs(workdir: str, name: str) -> np.ndarray:
   rows = open(os.path.join(workdir, "reports", f"{name}_predictions.csv")).read().splitlines()[1:]
   return np.array([float(r.split(",")[3]) for r in rows])

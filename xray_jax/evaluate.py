@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xray_jax import adapt
 from xray_jax import calibration
 from xray_jax import checkpoints
 from xray_jax import chest_xray
@@ -57,6 +58,10 @@ def define_flags() -> None:
   flags.DEFINE_list("ensemble", [], "More workdirs whose probabilities are averaged with --workdir's "
                     "(same image size); the threshold is then chosen on the ensemble's validation output.")
   flags.DEFINE_bool("tta", False, "Test-time augmentation: average over augment.TTA_VIEWS (zooms, shifts).")
+  flags.DEFINE_bool("adapt_bn", False, "Re-estimate every BatchNorm's statistics on each evaluated set of images "
+                    "(unlabeled; AdaBN, xray_jax/adapt.py) before predicting it.")
+  flags.DEFINE_float("adapt_bn_prior", 0.0, "With --adapt_bn: weight of the training statistics, as a count of "
+                     "images mixed with the evaluated set's (Schneider et al. 2020; 0: the set's alone).")
   flags.DEFINE_bool("temperature_scaling", False, "Divide logits by a temperature fitted on validation.")
   flags.DEFINE_enum("label_shift", "none", ["none", "em"], "em: estimate the evaluated data's class prior "
                     "from its unlabeled outputs (Saerens et al. 2002) and also report the minimum-error "
@@ -156,20 +161,33 @@ class Predictor:
   members: list[tuple[learning.TrainConfig, learning.TrainState]]
   batch_size: int
   tta: bool = False
+  adapt_bn: bool = False  # each member's BatchNorm statistics re-estimated on each set it predicts
+  adapt_bn_prior: float = 0.0
+
+  def state_for(self, state: learning.TrainState, ds, num_examples: int) -> learning.TrainState:
+    if not self.adapt_bn:
+      return state
+    return adapt.adapt_batch_norm(state, ds, num_examples, self.batch_size, prior=self.adapt_bn_prior)
 
   def __call__(self, ds, num_examples: int) -> trainer.Predictions:
-    runs = [trainer.predict(state, input_pipeline.eval_batches(ds, num_examples=num_examples,
-                                                               batch_size=self.batch_size), tta=self.tta)
+    runs = [trainer.predict(self.state_for(state, ds, num_examples),
+                            input_pipeline.eval_batches(ds, num_examples=num_examples, batch_size=self.batch_size),
+                            tta=self.tta)
             for _, state in self.members]
     return dataclasses.replace(runs[0], probs=np.mean([r.probs for r in runs], axis=0))
 
   @property
   def plain(self) -> bool:
-    return len(self.members) == 1 and not self.tta
+    return len(self.members) == 1 and not self.tta and not self.adapt_bn
 
   def describe(self) -> str:
     parts = [f"mean of {len(self.members)} runs"] if len(self.members) > 1 else []
-    return ", ".join(parts + (["test-time augmentation"] if self.tta else [])) or "single model"
+    if self.tta:
+      parts.append("test-time augmentation")
+    if self.adapt_bn:
+      parts.append("BatchNorm statistics re-estimated on each evaluated set" +
+                   (f" (prior weight {self.adapt_bn_prior:g} images)" if self.adapt_bn_prior else ""))
+    return ", ".join(parts) or "single model"
 
 
 def _source_prior(builder, weights: np.ndarray) -> float:
@@ -195,7 +213,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
                      mistake_maps: int = 0, ensemble: list[str] | tuple[str, ...] = (), tta: bool = False,
                      temperature_scaling: bool = False, label_shift: str = "none", stress_test: bool = False,
                      stress_set: str = "standard", threshold_rule: str | None = None,
-                     bootstrap: int = 1000) -> dict[str, Any]:
+                     bootstrap: int = 1000, adapt_bn: bool = False, adapt_bn_prior: float = 0.0) -> dict[str, Any]:
   """Evaluates one checkpoint of `workdir` (or an ensemble) on a split or a folder; returns the report."""
   if (split is None) == (image_dir is None):
     raise UsageError("Pass exactly one of --split=NAME or --image_dir=FOLDER.")
@@ -209,7 +227,9 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
     members.append((other_config, other_state))
   mesh = parallel.make_mesh()
   batch_size = parallel.round_up_to_devices(batch_size or config.eval_batch_size, mesh)
-  predictor = Predictor(members, batch_size, tta)
+  if adapt_bn_prior and not adapt_bn:
+    raise UsageError(f"--adapt_bn_prior={adapt_bn_prior} does nothing without --adapt_bn; add it or drop the prior.")
+  predictor = Predictor(members, batch_size, tta, adapt_bn, adapt_bn_prior)
   threshold_rule = threshold_rule or config.threshold_rule
   if threshold_rule not in trainer.THRESHOLD_RULES:
     raise UsageError(f"--threshold_rule={threshold_rule}: choose one of {', '.join(trainer.THRESHOLD_RULES)}.")
@@ -322,8 +342,9 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
     reports.plot_training_curves(workdir, os.path.join(report_dir, "training_curves.png"))
     report["figures"]["training curves"] = "training_curves.png"
   if mistake_maps:
-    report["mistake_maps"] = write_mistake_maps(config, state, ds, preds, threshold, mistake_maps,
-                                                os.path.join(report_dir, f"{name}_mistakes.png"))
+    # The maps explain the predictions scored, so they use the same (adapted) statistics.
+    report["mistake_maps"] = write_mistake_maps(config, predictor.state_for(state, ds, n), ds, preds, threshold,
+                                                mistake_maps, os.path.join(report_dir, f"{name}_mistakes.png"))
   paths = reports.write(report_dir, name, report, file_names=preds.file_names,
                         labels=preds.labels, probs=preds.probs)
   logging.info("%s: %d examples, ROC AUC %.4f, accuracy %.4f at 0.5, %.4f at %.3f. Report: %s", name,
@@ -427,7 +448,8 @@ def main(argv: list[str]) -> None:
                             mistake_maps=FLAGS.mistake_maps, ensemble=FLAGS.ensemble, tta=FLAGS.tta,
                             temperature_scaling=FLAGS.temperature_scaling, label_shift=FLAGS.label_shift,
                             stress_test=FLAGS.stress, stress_set=FLAGS.stress_set, bootstrap=FLAGS.bootstrap,
-                            threshold_rule=FLAGS.threshold_rule)
+                            threshold_rule=FLAGS.threshold_rule, adapt_bn=FLAGS.adapt_bn,
+                            adapt_bn_prior=FLAGS.adapt_bn_prior)
   print(f"{report['name']}: ROC AUC {report['roc_auc']:.4f}, accuracy {report['at_threshold_0.5']['accuracy']:.4f} "
         f"at 0.5 and {report['at_chosen_threshold']['accuracy']:.4f} at the chosen threshold "
         f"{report['at_chosen_threshold']['threshold']:.4f}. Reports in {os.path.join(FLAGS.workdir, 'reports')}/")
