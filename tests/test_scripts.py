@@ -201,3 +201,40 @@ def test_summarize_runs_gives_mean_and_spread_and_says_when_a_figure_has_fewer_r
   rows = [[c.strip() for c in l.strip("|").split("|")] for l in r.stdout.splitlines()[-2:]]
   assert rows[0][:2] == ["all", "3"]  # the third run has no latest report: not paired
   assert rows[1][:3] == ["all: validation_stress_latest minus validation_stress", "2", "+0.0050 ± 0.0354 (1/2)"]
+
+
+def test_prior_shift_set_drops_whole_patients_of_one_class_and_copies_files_unchanged(prepared_sample, tmp_path):
+  import collections
+  import filecmp
+  from xray_jax import images
+  builder, tfds_dir = prepared_sample
+  val = [(ex["file_name"].decode(), int(ex["label"])) for ex in builder.as_dataset(split="validation").as_numpy_iterator()]
+  share = sum(label == 0 for _, label in val) / len(val)
+  for asked, dropped_class in ((min(0.9, share + 0.2), "PNEUMONIA"), (max(0.1, share - 0.2), "NORMAL")):
+    out = tmp_path / f"share{asked:.2f}"
+    r = _script("make_prior_shift_set.py", f"--data_dir={SAMPLE_DIR}", f"--tfds_data_dir={tfds_dir}",
+                f"--normal_share={asked}", f"--out_dir={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.loads((tmp_path / f"share{asked:.2f}.json").read_text())
+    kept = set(manifest["files"])
+    counts = {c: len(os.listdir(out / c)) for c in images.CLASS_NAMES}
+    assert counts == manifest["counts"]
+    got = counts["NORMAL"] / sum(counts.values())
+    assert (got >= asked) if dropped_class == "PNEUMONIA" else (got <= asked)
+    # The other class is kept whole; of the dropped one, every patient is all in or all out.
+    by_patient = collections.defaultdict(set)
+    for name, label in val:
+      by_patient[(images.CLASS_NAMES[label], images.patient_id(name))].add(name in kept)
+      if images.CLASS_NAMES[label] != dropped_class:
+        assert name in kept
+    assert all(len(v) == 1 for v in by_patient.values())
+    assert len(kept) < len(val)
+    for name in kept:
+      assert filecmp.cmp(os.path.join(SAMPLE_DIR, name), out / name.split("/")[-2] / os.path.basename(name),
+                         shallow=False)
+  again = _script("make_prior_shift_set.py", f"--data_dir={SAMPLE_DIR}", f"--tfds_data_dir={tfds_dir}",
+                  "--normal_share=0.5", f"--out_dir={out}")
+  assert again.returncode != 0 and "exists; remove it" in again.stderr
+  bad = _script("make_prior_shift_set.py", f"--data_dir={SAMPLE_DIR}", f"--tfds_data_dir={tfds_dir}",
+                "--normal_share=1.5", f"--out_dir={tmp_path / 'bad'}")
+  assert bad.returncode != 0 and "--normal_share=1.5" in bad.stderr
