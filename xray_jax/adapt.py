@@ -16,6 +16,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -72,10 +73,9 @@ def _input_moments(apply_fn: Callable, path: Path, variables: dict[str, Any], im
       raise _Reached((count, mean, m2))
     return next_fun(*args, **kwargs)
 
-  x = images.astype(jnp.float32) / 255.0  # as learning.eval_step feeds the model
   try:
     with nn.intercept_methods(stop_at):
-      apply_fn(variables, x, train=False)
+      apply_fn(variables, learning.model_input(images), train=False)
   except _Reached as reached:
     return reached.moments
   raise AssertionError(f"BatchNorm {'/'.join(path)} was not called")
@@ -89,18 +89,6 @@ def _combine(a: tuple[float, np.ndarray, np.ndarray], b: tuple[float, np.ndarray
     return a
   delta = mb - ma
   return n, ma + delta * (nb / n), sa + sb + delta**2 * (na * nb / n)
-
-
-def _get(tree: dict[str, Any], path: Path) -> dict[str, Any]:
-  for name in path:
-    tree = tree[name]
-  return tree
-
-
-def _set(tree: dict[str, Any], path: Path, value: dict[str, Any]) -> dict[str, Any]:
-  if not path:
-    return value
-  return {**tree, path[0]: _set(tree[path[0]], path[1:], value)}
 
 
 def adapt_batch_norm(state: learning.TrainState, ds: tf.data.Dataset, num_examples: int, batch_size: int, *,
@@ -122,21 +110,21 @@ def adapt_batch_norm(state: learning.TrainState, ds: tf.data.Dataset, num_exampl
              for b in input_pipeline.eval_batches(ds, num_examples=num_examples, batch_size=batch_size)]
   if not batches:
     raise UsageError("--adapt_bn: the evaluated set has no images to estimate statistics from.")
-  variables = jax.device_get(variables)
+  params = parallel.replicate(variables["params"], mesh)  # fixed; only the statistics change
+  stats = traverse_util.flatten_dict(jax.device_get(variables["batch_stats"]))  # {(*path, "mean"): array}
   image_shape = tuple(batches[0]["image"].shape[1:])
   for path in batch_norm_paths(state.apply_fn, variables, image_shape):
-    on_device = parallel.replicate(variables, mesh)
+    current = {"params": params, "batch_stats": parallel.replicate(traverse_util.unflatten_dict(stats), mesh)}
     total = (0.0, 0.0, 0.0)
     for b in batches:
-      count, mean, m2 = jax.device_get(_input_moments(state.apply_fn, path, on_device, b["image"], b["mask"]))
+      count, mean, m2 = jax.device_get(_input_moments(state.apply_fn, path, current, b["image"], b["mask"]))
       total = _combine(total, (float(count), np.float64(mean), np.float64(m2)))
     n, mean, m2 = total
-    old = _get(variables["batch_stats"], path)
     weight = num_examples / (num_examples + prior)  # Schneider et al.: N pseudo-images of the source
-    new = {"mean": weight * mean + (1 - weight) * np.float64(old["mean"]),
-           "var": weight * (m2 / n) + (1 - weight) * np.float64(old["var"])}
-    new = {k: np.asarray(v, old[k].dtype) for k, v in new.items()}
-    variables = {**variables, "batch_stats": _set(variables["batch_stats"], path, new)}
+    for key, target in (("mean", mean), ("var", m2 / n)):
+      old = stats[(*path, key)]
+      stats[(*path, key)] = np.asarray(weight * target + (1 - weight) * np.float64(old), old.dtype)
+  batch_stats = traverse_util.unflatten_dict(stats)
   if state.ema is None:
-    return state.replace(batch_stats=variables["batch_stats"])
-  return state.replace(ema={**state.ema, "batch_stats": variables["batch_stats"]})
+    return state.replace(batch_stats=batch_stats)
+  return state.replace(ema={**state.ema, "batch_stats": batch_stats})

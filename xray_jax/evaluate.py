@@ -22,7 +22,6 @@ from typing import Any
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from xray_jax import adapt
@@ -420,7 +419,7 @@ def write_mistake_maps(config: learning.TrainConfig, state: learning.TrainState,
   model = learning.create_model(config)
   method = saliency.default_method(model, config.image_size)
   names = [preds.file_names[i] for i in chosen]
-  x = jnp.asarray(np.stack([pixels[n] for n in names]), jnp.float32) / 255.0
+  x = learning.model_input(np.stack([pixels[n] for n in names]))
   maps = np.asarray(saliency.METHODS[method](model, learning.inference_variables(state), x))
   cols = min(4, len(names))
   rows = -(-len(names) // cols)

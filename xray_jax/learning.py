@@ -76,6 +76,11 @@ def inference_variables(state: TrainState) -> dict[str, Any]:
   return live_variables(state) if state.ema is None else state.ema
 
 
+def model_input(images: Any) -> jnp.ndarray:
+  """uint8 pixels as the models take them: float32 in [0, 1]."""
+  return jnp.asarray(images).astype(jnp.float32) / 255.0
+
+
 def create_model(config: TrainConfig) -> nn.Module:
   return models.get_model(config.model, num_classes=config.num_classes, dtype=config.dtype)
 
@@ -128,7 +133,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array,
   """
   step_rng = jax.random.fold_in(rng, state.step)
   aug_rng, dropout_rng = jax.random.split(step_rng)
-  images = batch["image"].astype(jnp.float32) / 255.0
+  images = model_input(batch["image"])
   if augment_config is not None:
     images = augment_lib.augment_batch(aug_rng, images, augment_config)
   labels = batch["label"]
@@ -169,7 +174,7 @@ def eval_step(state: TrainState, images: jnp.ndarray, tta: bool = False) -> jnp.
 
   With `tta`, the mean of the probabilities over augment.TTA_VIEWS of each image.
   """
-  x = images.astype(jnp.float32) / 255.0
+  x = model_input(images)
   views = augment_lib.TTA_VIEWS if tta else ((1.0, 0.0, 0.0),)
   probs = [jax.nn.softmax(state.apply_fn(inference_variables(state), augment_lib.tta_view(x, v),
                                          train=False).astype(jnp.float32))

@@ -23,7 +23,6 @@ from typing import Any
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import tensorflow as tf
@@ -105,7 +104,7 @@ def predict_files(workdir: str, paths: list[str], *, output_dir: str | None = No
     chunk = loaded[start:start + batch_size]
     # The same preprocessing as training and evaluation (input_pipeline.preprocess_image).
     x = np.stack([input_pipeline.preprocess_image(tf.constant(g), config.image_size).numpy() for _, g in chunk])
-    x = jnp.asarray(x, jnp.float32) / 255.0
+    x = learning.model_input(x)
     probs = np.asarray(probs_fn(variables, x))
     heat = np.asarray(map_fn(variables, x)) if maps else None
     for i, ((path, gray), p) in enumerate(zip(chunk, probs)):
