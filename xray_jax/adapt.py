@@ -113,6 +113,7 @@ def adapt_batch_norm(state: learning.TrainState, ds: tf.data.Dataset, num_exampl
   params = parallel.replicate(variables["params"], mesh)  # fixed; only the statistics change
   stats = traverse_util.flatten_dict(jax.device_get(variables["batch_stats"]))  # {(*path, "mean"): array}
   image_shape = tuple(batches[0]["image"].shape[1:])
+  weight = num_examples / (num_examples + prior)  # Schneider et al.: N pseudo-images of the source
   for path in batch_norm_paths(state.apply_fn, variables, image_shape):
     current = {"params": params, "batch_stats": parallel.replicate(traverse_util.unflatten_dict(stats), mesh)}
     total = (0.0, 0.0, 0.0)
@@ -120,7 +121,6 @@ def adapt_batch_norm(state: learning.TrainState, ds: tf.data.Dataset, num_exampl
       count, mean, m2 = jax.device_get(_input_moments(state.apply_fn, path, current, b["image"], b["mask"]))
       total = _combine(total, (float(count), np.float64(mean), np.float64(m2)))
     n, mean, m2 = total
-    weight = num_examples / (num_examples + prior)  # Schneider et al.: N pseudo-images of the source
     for key, target in (("mean", mean), ("var", m2 / n)):
       old = stats[(*path, key)]
       stats[(*path, key)] = np.asarray(weight * target + (1 - weight) * np.float64(old), old.dtype)

@@ -14,6 +14,7 @@ hostmem.keep_freed_memory()  # before jax and TensorFlow start their threads (se
 
 # pylint: disable=wrong-import-position
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -162,11 +163,19 @@ class Predictor:
   tta: bool = False
   adapt_bn: bool = False  # each member's BatchNorm statistics re-estimated on each set it predicts
   adapt_bn_prior: float = 0.0
+  # (id(state), id(ds)) -> (state, ds, adapted state): the mistake maps reuse the adaptation the
+  # predictions made. The entry holds both keys' objects, so their ids are not reused meanwhile.
+  _adapted: dict[tuple[int, int], tuple[Any, Any, learning.TrainState]] = dataclasses.field(
+      default_factory=dict, repr=False)
 
   def state_for(self, state: learning.TrainState, ds, num_examples: int) -> learning.TrainState:
     if not self.adapt_bn:
       return state
-    return adapt.adapt_batch_norm(state, ds, num_examples, self.batch_size, prior=self.adapt_bn_prior)
+    key = (id(state), id(ds))
+    if key not in self._adapted:
+      adapted = adapt.adapt_batch_norm(state, ds, num_examples, self.batch_size, prior=self.adapt_bn_prior)
+      self._adapted[key] = (state, ds, adapted)
+    return self._adapted[key][2]
 
   def __call__(self, ds, num_examples: int) -> trainer.Predictions:
     runs = [trainer.predict(self.state_for(state, ds, num_examples),
@@ -248,6 +257,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
     builder = chest_xray.load_builder(data_dir=data_dir, tfds_data_dir=tfds_data_dir or config.tfds_data_dir,
                                       image_size=config.image_size)
 
+  @functools.cache  # one dataset object per split, so that Predictor's adapted states are found again
   def split_ds(name: str):
     return input_pipeline.load_split(builder, name, config.image_size), input_pipeline.num_examples(builder, name)
 
