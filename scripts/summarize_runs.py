@@ -9,7 +9,9 @@ An argument NAME reads runs/NAME_s*/reports/REPORT.json (--report, default valid
 and kaggle_val.json, wall_time_s.txt beside them); LABEL=GLOB reads the report files GLOB
 matches (several GLOBs: comma-separated). Figures are mean +- sample standard deviation over
 the runs found ("n" says how many); nothing is filled in by hand. --per_shift adds a table of
-each stress shift. --against=OTHER adds, after each row, the paired differences OTHER minus
+each stress shift. --subgroups adds a table of each file-name subgroup (xray_jax.images.subgroup:
+bacteria, virus, NORMAL2-IM, IM): its sensitivity or specificity at the run's threshold on the
+unshifted images and its mean and worst over the stress shifts. --against=OTHER adds, after each row, the paired differences OTHER minus
 REPORT over the runs that have both (OTHER.json beside each report, e.g. the same runs evaluated
 at another checkpoint), with in how many runs OTHER's figure is at least REPORT's.
 """
@@ -42,6 +44,13 @@ COLUMNS = (
 
 
 SHIFT_COLUMNS = ("roc_auc", "sensitivity", "specificity")
+SUBGROUP_COLUMNS = (
+    ("rate @thr", lambda r, g: r["subgroups"][g]["at_chosen_threshold"]),
+    ("rate @0.5", lambda r, g: r["subgroups"][g]["at_threshold_0.5"]),
+    ("ROC AUC vs other class", lambda r, g: r["subgroups"][g]["roc_auc_vs_other_class"]),
+    ("stress rate @thr mean", lambda r, g: r["stress"]["subgroups"]["mean"][g]),
+    ("stress rate @thr worst", lambda r, g: r["stress"]["subgroups"]["worst"][g]),
+)
 
 
 def _fmt(values: list[float], digits: int = 4, of: int | None = None) -> str:
@@ -88,8 +97,10 @@ def main():
   ap.add_argument("--against", help="another report name: add each group's paired differences, it minus --report")
   ap.add_argument("--per_shift", action="store_true", help="also a table: each shift's ROC AUC, sensitivity "
                   "and specificity at the run's threshold")
+  ap.add_argument("--subgroups", action="store_true", help="also a table: each file-name subgroup's sensitivity "
+                  "or specificity, unshifted and over the stress shifts")
   args = ap.parse_args()
-  per_shift = []
+  per_shift, per_subgroup = [], []
   header = ["experiment", "n"] + [c for c, _ in COLUMNS] + ["Kaggle val/ acc @thr (16 images)", "train wall time (min)"]
   print("| " + " | ".join(header) + " |")
   print("|" + "---|" * len(header))
@@ -127,6 +138,20 @@ def main():
     for shift in shifts:
       got = [r["stress"]["shifts"][shift] for r in reports if shift in r.get("stress", {}).get("shifts", {})]
       per_shift.append([label, shift, str(len(got))] + [_fmt([g[k] for g in got]) for k in SHIFT_COLUMNS])
+    for g in list(reports[0].get("subgroups", {})) if reports and args.subgroups else []:
+      got = [r for r in reports if g in r.get("subgroups", {})]
+      worst = [r["stress"]["subgroups"]["worst_shift"][g] for r in got if "subgroups" in r.get("stress", {})]
+      per_subgroup.append([label, g, str(len(got)), str(got[0]["subgroups"][g]["num_examples"]),
+                           got[0]["subgroups"][g]["rate"]]
+                          + [_fmt([v for v in (_figure(lambda r: get(r, g), r) for r in got) if v is not None],
+                                  of=len(got)) for _, get in SUBGROUP_COLUMNS]
+                          + [", ".join(sorted(set(worst)))])
+  if args.subgroups:
+    header = ["experiment", "subgroup", "n", "images", "rate"] + [c for c, _ in SUBGROUP_COLUMNS] + ["worst shift"]
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in per_subgroup:
+      print("| " + " | ".join(row) + " |")
   if args.per_shift:
     header = ["experiment", "shift", "n", "ROC AUC", "sens @thr", "spec @thr"]
     print("\n| " + " | ".join(header) + " |")

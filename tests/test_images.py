@@ -22,6 +22,18 @@ def test_patient_id(file_name, patient):
   assert images.patient_id(file_name) == patient
 
 
+@pytest.mark.parametrize("file_name,subgroup", [
+    ("person12_virus_3.jpeg", "virus"),
+    ("train/PNEUMONIA/person1000_bacteria_2931.jpeg", "bacteria"),
+    ("IM-0115-0001.jpeg", "IM"),
+    ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM"),
+    ("person12_fungus_3.jpeg", None),  # the patient is known, the cause is not one of the set's
+    ("scan_from_elsewhere.png", None),
+])
+def test_subgroup(file_name, subgroup):
+  assert images.subgroup(file_name) == subgroup
+
+
 def _save_mode(path, mode):
   """GREY saved in `mode`, so that the right grayscale conversion gives GREY back."""
   img = Image.fromarray(GREY)

@@ -122,6 +122,28 @@ def test_bootstrap_by_patient_is_wider_than_by_image_when_patients_repeat():
   assert by_patient["accuracy"][0] <= point <= by_patient["accuracy"][1]
 
 
+def test_subgroup_rates_by_hand_and_intervals_resample_patients():
+  # Two PNEUMONIA subgroups and one NORMAL; "virus" has 2 patients of 3 images each, one found, one missed.
+  labels = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1])
+  probs = np.array([.9, .8, .7, .2, .3, .1, .6, .4, .1, .2, .7, .9])
+  subs = ["virus"] * 6 + ["bacteria"] * 2 + ["IM"] * 3 + [None]
+  patients = ["p1"] * 3 + ["p2"] * 3 + ["p3", "p4", "n1", "n2", "n3", "x"]
+  r = metrics.subgroup_rates(labels, probs, subs, {"half": 0.5, "low": 0.15}, groups=patients, num_samples=400)
+  assert set(r) == {"virus", "bacteria", "IM"}  # no entry for unnamed files
+  assert r["virus"]["rate"] == "sensitivity" and r["IM"]["rate"] == "specificity"
+  assert (r["virus"]["num_examples"], r["virus"]["num_patients"]) == (6, 2)
+  assert r["virus"]["half"] == pytest.approx(0.5) and r["virus"]["low"] == pytest.approx(5 / 6)
+  assert r["bacteria"]["half"] == pytest.approx(0.5) and r["IM"]["half"] == pytest.approx(2 / 3)
+  # Against all 3 NORMAL images: virus ranks 0.9, 0.8 above all, 0.3, 0.2 (tie), 0.1 (tie) below some.
+  assert r["virus"]["roc_auc_vs_other_class"] == pytest.approx(metrics.roc_auc(
+      np.r_[np.ones(6), np.zeros(3)], np.r_[probs[:6], probs[8:11]]))
+  # Resampling the two patients gives 0, 1/2 or 1 at 0.5; by image it would take values in between.
+  lo, hi = r["virus"]["ci95"]["half"]
+  assert (lo, hi) == (0.0, 1.0)
+  one_class_mixed = metrics.subgroup_rates(np.array([0, 1]), np.array([.2, .8]), ["IM", "IM"], {"t": 0.5})
+  assert one_class_mixed["IM"]["rate"] == "accuracy" and "roc_auc_vs_other_class" not in one_class_mixed["IM"]
+
+
 def test_mixup_xent_is_the_lam_weighted_sum_of_both_labels_weighted_losses():
   logits = jnp.array([[2.0, -1.0], [0.5, 0.5], [-3.0, 1.0]])
   labels, partner = jnp.array([0, 1, 1]), jnp.array([1, 1, 0])

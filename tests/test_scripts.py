@@ -201,6 +201,19 @@ def test_summarize_runs_gives_mean_and_spread_and_says_when_a_figure_has_fewer_r
   rows = [[c.strip() for c in l.strip("|").split("|")] for l in r.stdout.splitlines()[-2:]]
   assert rows[0][:2] == ["all", "3"]  # the third run has no latest report: not paired
   assert rows[1][:3] == ["all: validation_stress_latest minus validation_stress", "2", "+0.0050 ± 0.0354 (1/2)"]
+  # --subgroups: each file-name subgroup over the runs, unshifted and over the shifts.
+  for seed, (rate, worst_shift) in enumerate([(0.90, "blur"), (0.96, "noise")]):
+    with_groups = report(0.9)
+    with_groups["subgroups"] = {"virus": {"num_examples": 142, "rate": "sensitivity", "at_chosen_threshold": rate,
+                                          "at_threshold_0.5": 1.0, "roc_auc_vs_other_class": 0.99}}
+    with_groups["stress"]["subgroups"] = {"mean": {"virus": rate - 0.1}, "worst": {"virus": rate - 0.2},
+                                          "worst_shift": {"virus": worst_shift}}
+    (tmp_path / f"exp_s{seed}" / "reports" / "validation_stress.json").write_text(json.dumps(with_groups))
+  r = _script("summarize_runs.py", "exp", f"--runs_dir={tmp_path}", "--subgroups")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert [c.strip() for c in r.stdout.splitlines()[-1].strip("|").split("|")] == [
+      "exp", "virus", "2", "142", "sensitivity", "0.9300 ± 0.0424", "1.0000 ± 0.0000", "0.9900 ± 0.0000",
+      "0.8300 ± 0.0424", "0.7300 ± 0.0424", "blur, noise"]
 
 
 def test_prior_shift_set_drops_whole_patients_of_one_class_and_copies_files_unchanged(prepared_sample, tmp_path):

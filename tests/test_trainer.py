@@ -1,5 +1,6 @@
 """The train step, the loop, checkpoints and reports, on the real sample images."""
 
+import csv
 import dataclasses
 import functools
 import json
@@ -17,6 +18,7 @@ from conftest import SAMPLE_DIR
 from xray_jax import checkpoints
 from xray_jax import environment
 from xray_jax import evaluate
+from xray_jax import images
 from xray_jax import learning
 from xray_jax import models
 from xray_jax import trainer
@@ -222,6 +224,17 @@ def test_report_files_have_the_promised_shape(trained):
   assert report["at_chosen_threshold"]["threshold"] == pytest.approx(chosen)
   md = open(os.path.join(workdir, "reports", "test.md")).read()
   assert "ROC AUC" in md and "Confusion matrix" in md and "Youden" in md
+  # The sample keeps Kermany's file names: each subgroup's rate, recounted from the predictions file.
+  sub = report["subgroups"]
+  assert list(sub) == ["bacteria", "virus", "NORMAL2-IM", "IM"] and "| virus | 7 (7) | sensitivity |" in md
+  assert [sub[g]["num_examples"] for g in sub] == [23, 7, 22, 8]
+  assert [sub[g]["rate"] for g in sub] == ["sensitivity", "sensitivity", "specificity", "specificity"]
+  table = list(csv.DictReader(open(os.path.join(workdir, "reports", "test_predictions.csv"))))
+  for g, r in sub.items():
+    mine = [row for row in table if images.subgroup(row["file_name"]) == g]
+    for block, column in (("at_threshold_0.5", "pred_at_0.5"), ("at_chosen_threshold", "pred_at_chosen")):
+      assert r[block] == pytest.approx(np.mean([row[column] == row["label"] for row in mine]))
+      assert r["ci95"][block][0] <= r[block] <= r["ci95"][block][1]
   rows = open(os.path.join(workdir, "reports", "test_predictions.csv")).read().splitlines()
   assert rows[0].startswith("file_name,patient_id,label,prob_pneumonia") and len(rows) == 61
 
@@ -494,6 +507,15 @@ def test_stress_threshold_rule_pools_validation_with_its_shifts(trained):
       report["stress"]["threshold_rules"]["stress_youden_all_shifts"])
   left_out = report["stress"]["threshold_rules"]["stress_youden_left_out"]
   assert set(left_out["thresholds"]) == set(evaluate.stress.SHIFTS)
+  # Per shift, a class's subgroups, weighted by their sizes, make up its sensitivity or specificity.
+  sub, sizes = report["stress"]["subgroups"], {g: r["num_examples"] for g, r in report["subgroups"].items()}
+  for shift, row in report["stress"]["shifts"].items():
+    for rate, groups in (("sensitivity", ("bacteria", "virus")), ("specificity", ("NORMAL2-IM", "IM"))):
+      groups = [g for g in groups if g in sizes]
+      assert sum(sizes[g] * sub["shifts"][shift][g] for g in groups) / sum(sizes[g] for g in groups) == \
+          pytest.approx(row[rate])
+  for g in sizes:
+    assert sub["shifts"][sub["worst_shift"][g]][g] == sub["worst"][g] <= sub["mean"][g]
   # The unseen shifts are scored at the same threshold: the rule still pools only the standard shifts.
   unseen = evaluate.evaluate_workdir(workdir, split="validation", report_name="v_unseen", stress_test=True,
                                      stress_set="unseen", threshold_rule="stress", bootstrap=10)

@@ -143,8 +143,13 @@ def check_layout(data_dir: str) -> list[str]:
 class ChestXrayPneumonia(tfds.core.GeneratorBasedBuilder):
   """Pediatric chest X-rays, NORMAL vs PNEUMONIA, as 8-bit grayscale."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Patient-wise train/validation split of Kaggle train/, 10% validation."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Patient-wise train/validation split of Kaggle train/, 10% validation.",
+      "1.1.0": "Names with two image numbers (IM-0429-0001-0002.jpeg, person447_virus_921_1.jpeg) belong to their "
+               "patient (IM-0429, person447): 1.0.0 made each its own patient, and its validation split held 21 "
+               "NORMAL films of 20 children whose other films were in train.",
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
       ChestXrayConfig(name="max256", max_side=256, description="Longer side shrunk to 256 px."),

@@ -383,11 +383,15 @@ def stress_report(unshifted: trainer.Predictions, shifted: dict[str, np.ndarray]
   """
   labels = unshifted.labels
   three = ("accuracy", "sensitivity", "specificity")
-  rows, left_out, em = {}, {}, {}
+  subgroups = [images.subgroup(n) for n in unshifted.file_names]
+  rows, left_out, em, by_subgroup = {}, {}, {}, {}
   for shift, probs in shifted.items():
     at, at_half = metrics.at_threshold(labels, probs, threshold), metrics.at_threshold(labels, probs, 0.5)
     rows[shift] = {"roc_auc": metrics.roc_auc(labels, probs), "loss": float(np.mean(metrics.binary_nll(labels, probs))),
                    **{k: at[k] for k in three}, **{f"{k}_at_0.5": at_half[k] for k in three}}
+    if any(s is not None for s in subgroups):
+      rates = metrics.subgroup_rates(labels, probs, subgroups, {"rate": threshold}, num_samples=0)
+      by_subgroup[shift] = {name: r["rate"] for name, r in rates.items()}
     t = stress_youden(labels, unshifted.probs, [p for s, p in shifted.items() if s != shift])
     left_out[shift] = {"threshold": t, **{k: metrics.at_threshold(labels, probs, t)[k] for k in three}}
     if source_prior is not None:
@@ -405,8 +409,15 @@ def stress_report(unshifted: trainer.Predictions, shifted: dict[str, np.ndarray]
     rules["em_per_shift"] = {"observed_prior": float(np.mean(labels)), "shifts": em,
                              "mean": aggregate(em, ("estimated_prior", *three), np.mean),
                              "worst": aggregate(em, three, np.min)}
-  return {"threshold": threshold, "shifts": rows,
-          "mean": aggregate(rows, keys, np.mean), "worst": aggregate(rows, keys, np.min), "threshold_rules": rules}
+  out = {"threshold": threshold, "shifts": rows,
+         "mean": aggregate(rows, keys, np.mean), "worst": aggregate(rows, keys, np.min), "threshold_rules": rules}
+  if by_subgroup:
+    # Each subgroup's sensitivity (PNEUMONIA) or specificity (NORMAL) at `threshold` per shift.
+    names = list(next(iter(by_subgroup.values())))
+    out["subgroups"] = {"shifts": by_subgroup, "mean": aggregate(by_subgroup, names, np.mean),
+                        "worst": aggregate(by_subgroup, names, np.min),
+                        "worst_shift": {k: min(by_subgroup, key=lambda s: by_subgroup[s][k]) for k in names}}
+  return out
 
 
 def write_mistake_maps(config: learning.TrainConfig, state: learning.TrainState, ds, preds: trainer.Predictions,

@@ -51,10 +51,12 @@ class SkippedFile:
   reason: str
 
 
+# Most names end in one image number; some in two (`IM-0429-0001-0002.jpeg`, `person447_virus_921_1.jpeg`):
+# more films of the same child, who must stay on one side of the split.
 _PATIENT_PATTERNS = (
-    re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+$", re.IGNORECASE),
-    re.compile(r"^(NORMAL2-IM-\d+)-\d+$", re.IGNORECASE),
-    re.compile(r"^(IM-\d+)-\d+$", re.IGNORECASE),
+    re.compile(r"^(person\d+)_(?:bacteria|virus)(?:_\d+)+$", re.IGNORECASE),
+    re.compile(r"^(NORMAL2-IM-\d+)(?:-\d+)+$", re.IGNORECASE),
+    re.compile(r"^(IM-\d+)(?:-\d+)+$", re.IGNORECASE),
 )
 
 
@@ -62,7 +64,7 @@ def patient_id(file_name: str) -> str:
   """The patient a Kermany file name belongs to; unknown patterns are their own patient.
 
   `person12_virus_3.jpeg` -> `person12`, `IM-0115-0001.jpeg` -> `IM-0115`,
-  `NORMAL2-IM-1427-0001.jpeg` -> `NORMAL2-IM-1427`.
+  `NORMAL2-IM-1427-0001.jpeg` -> `NORMAL2-IM-1427`, `IM-0429-0001-0002.jpeg` -> `IM-0429`.
   """
   stem = os.path.splitext(os.path.basename(file_name))[0]
   for pattern in _PATIENT_PATTERNS:
@@ -70,6 +72,28 @@ def patient_id(file_name: str) -> str:
     if match:
       return match.group(1)
   return stem
+
+
+# Kermany file names also say which kind of film a child's is: the pneumonia's cause, and for
+# NORMAL the two series of the upstream set (IM-..., NORMAL2-IM-...), which may differ in
+# acquisition. A model that misses viral pneumonia, or one series of normal films, should say so.
+_SUBGROUP_PATTERNS = (
+    ("bacteria", re.compile(r"^person\d+_bacteria(?:_\d+)+$", re.IGNORECASE)),
+    ("virus", re.compile(r"^person\d+_virus(?:_\d+)+$", re.IGNORECASE)),
+    ("NORMAL2-IM", re.compile(r"^NORMAL2-IM(?:-\d+)+$", re.IGNORECASE)),
+    ("IM", re.compile(r"^IM(?:-\d+)+$", re.IGNORECASE)),
+)
+SUBGROUPS: tuple[str, ...] = tuple(name for name, _ in _SUBGROUP_PATTERNS)
+
+
+def subgroup(file_name: str) -> str | None:
+  """The Kermany subgroup a file name names (one of SUBGROUPS), or None for other names.
+
+  `person12_virus_3.jpeg` -> `virus`, `person1_bacteria_1.jpeg` -> `bacteria`,
+  `NORMAL2-IM-1427-0001.jpeg` -> `NORMAL2-IM`, `IM-0115-0001.jpeg` -> `IM`.
+  """
+  stem = os.path.splitext(os.path.basename(file_name))[0]
+  return next((name for name, pattern in _SUBGROUP_PATTERNS if pattern.match(stem)), None)
 
 
 def is_junk(name: str) -> bool:

@@ -165,3 +165,44 @@ def bootstrap_intervals(labels: np.ndarray, probs: np.ndarray, threshold: float,
   tail = (1.0 - level) / 2.0 * 100.0
   return {k: [float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100.0 - tail))]
           if v and not np.all(np.isnan(v)) else [float("nan"), float("nan")] for k, v in samples.items()}
+
+
+def subgroup_rates(labels: np.ndarray, probs: np.ndarray, subgroups: list[str | None], thresholds: dict[str, float],
+                   *, groups: list[str] | None = None, num_samples: int = 1000, seed: int = 0,
+                   level: float = 0.95) -> dict[str, dict]:
+  """Per subgroup of the images (None: in none), the fraction called correctly at each threshold.
+
+  For a subgroup of one class that fraction is its sensitivity (PNEUMONIA) or specificity
+  (NORMAL); `roc_auc_vs_other_class` ranks its images against every image of the other class.
+  `ci95` are percentile bootstrap intervals of each fraction, resampling the subgroup's
+  patients (`groups`) or, without them, its images.
+  """
+  labels = np.asarray(labels).astype(int)
+  probs = np.asarray(probs, np.float64)
+  names = np.asarray(groups if groups is not None else [str(i) for i in range(len(labels))])
+  rng = np.random.default_rng(seed)
+  tail = (1.0 - level) / 2.0 * 100.0
+  out = {}
+  for sub in sorted({s for s in subgroups if s is not None}):
+    member = np.array([s == sub for s in subgroups])
+    y, p = labels[member], probs[member]
+    counts = np.bincount(y, minlength=2)
+    _, patient = np.unique(names[member], return_inverse=True)
+    per_patient = np.bincount(patient)
+    entry = {"num_examples": int(member.sum()), "num_patients": int(len(per_patient)), "class_counts": counts.tolist(),
+             "rate": ("specificity", "sensitivity")[y[0]] if counts.min() == 0 else "accuracy",
+             "mean_prob": float(p.mean())}
+    if counts.min() == 0:
+      other = labels != y[0]
+      both = member | other
+      entry["roc_auc_vs_other_class"] = roc_auc(labels[both], probs[both]) if other.any() else float("nan")
+    draws = rng.integers(0, len(per_patient), (num_samples, len(per_patient)))
+    n_drawn = per_patient[draws].sum(axis=1)
+    for key, threshold in thresholds.items():
+      correct = (p >= threshold) == (y == 1)
+      entry[key] = float(correct.mean())
+      drawn = np.bincount(patient, weights=correct)[draws].sum(axis=1) / n_drawn
+      entry.setdefault("ci95", {})[key] = ([float(np.percentile(drawn, tail)), float(np.percentile(drawn, 100 - tail))]
+                                           if num_samples else [float("nan"), float("nan")])
+    out[sub] = entry
+  return out

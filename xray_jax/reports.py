@@ -25,6 +25,10 @@ def build_report(*, labels: np.ndarray, probs: np.ndarray, class_weights: np.nda
   groups = [images.patient_id(n) for n in file_names] if file_names is not None else None
   ci = lambda t: metrics.bootstrap_intervals(labels, probs, t, groups=groups, num_samples=bootstrap_samples)
   ci_05, ci_chosen = ci(0.5), ci(chosen_threshold)
+  subgroups = [images.subgroup(n) for n in file_names] if file_names is not None else []
+  by_subgroup = metrics.subgroup_rates(
+      labels, probs, subgroups, {"at_threshold_0.5": 0.5, "at_chosen_threshold": chosen_threshold},
+      groups=groups, num_samples=bootstrap_samples) if any(s is not None for s in subgroups) else {}
   return {
       **info,
       "num_examples": int(len(labels)),
@@ -40,7 +44,14 @@ def build_report(*, labels: np.ndarray, probs: np.ndarray, class_weights: np.nda
                            "ci95": {k: v for k, v in ci_05.items() if k != "roc_auc"}},
       "at_chosen_threshold": {**metrics.at_threshold(labels, probs, chosen_threshold), "rule": threshold_rule,
                               "ci95": {k: v for k, v in ci_chosen.items() if k != "roc_auc"}},
+      **({"subgroups": {name: {**by_subgroup[name], "class_counts": dict(zip(images.CLASS_NAMES,
+                                                                          by_subgroup[name]["class_counts"]))}
+                        for name in _subgroup_order(by_subgroup)}} if by_subgroup else {}),
   }
+
+
+def _subgroup_order(names) -> list[str]:
+  return sorted(names, key=images.SUBGROUPS.index)
 
 
 def write_figures(report_dir: str, name: str, report: dict[str, Any], labels: np.ndarray,
@@ -142,6 +153,18 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines.append(f"| {key} | {_fmt(t05[key], t05.get('ci95', {}).get(key))} | "
                  f"{_fmt(tc[key], tc.get('ci95', {}).get(key))} |")
   lines += ["", f"Chosen threshold: {tc['rule']}.", ""]
+  if report.get("subgroups"):
+    lines += ["By subgroup of the file names (`images.subgroup`: the pneumonia's cause; the two series of "
+              "NORMAL films): the share called correctly, which is the sensitivity of a PNEUMONIA subgroup and "
+              "the specificity of a NORMAL one; ROC AUC against every image of the other class.", "",
+              "| subgroup | images (patients) | rate | at 0.5 | at chosen threshold | ROC AUC vs other class |",
+              "|---|---|---|---|---|---|"]
+    for name, r in report["subgroups"].items():
+      lines.append(f"| {name} | {r['num_examples']} ({r['num_patients']}) | {r['rate']} | "
+                   f"{_fmt(r['at_threshold_0.5'], r['ci95']['at_threshold_0.5'])} | "
+                   f"{_fmt(r['at_chosen_threshold'], r['ci95']['at_chosen_threshold'])} | "
+                   f"{_fmt(r.get('roc_auc_vs_other_class', float('nan')))} |")
+    lines.append("")
   for title, block in (("at 0.5", t05), ("at the chosen threshold", tc)):
     (tn, fp), (fn, tp) = block["confusion_matrix"]
     lines += [f"Confusion matrix {title}:", "", "| true \\ predicted | NORMAL | PNEUMONIA |", "|---|---|---|",
@@ -173,6 +196,11 @@ def to_markdown(report: dict[str, Any]) -> str:
                                                          for k, r in em["shifts"].items()) +
                 f"; at EM's minimum-error threshold mean sensitivity {_fmt(m['sensitivity'])}, specificity "
                 f"{_fmt(m['specificity'])}; worst {_fmt(w['sensitivity'])}, {_fmt(w['specificity'])}."]
+    sub = st.get("subgroups")
+    if sub:
+      lines += ["", "By subgroup of the file names, the share called correctly at the chosen threshold (sensitivity "
+                "or specificity): " + "; ".join(f"{k} mean {_fmt(sub['mean'][k])}, worst {_fmt(sub['worst'][k])} "
+                                               f"({sub['worst_shift'][k]})" for k in _subgroup_order(sub["mean"])) + "."]
     lines.append("")
   figures = report.get("figures", {})
   if figures:
