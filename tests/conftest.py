@@ -11,7 +11,8 @@ import tempfile
 # JAX's persistent compilation cache, in a fresh temporary folder that no other session sees (or in
 # JAX_COMPILATION_CACHE_DIR if set; set empty, no cache). The cache key is the program with its
 # compile options, and a cached run writes the same metrics.jsonl, byte for byte, as a compiled
-# one. Set before jax is imported, so this process and the commands it starts all use it.
+# one. Set before jax is imported, so this process and the commands it starts all use it; under
+# pytest-xdist the controller sets it, so its workers inherit one cache and only it removes the folder.
 _OWN_CACHE_DIR = None  # the folder this session made, removed at its end
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _OWN_CACHE_DIR = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="xray_jax_tests_jit_cache_")

@@ -30,10 +30,16 @@ def test_builder_splits_by_patient_and_reads_every_split(tmp_path):
   # A byte-identical copy of one patient's image under another patient's name.
   shutil.copy(os.path.join(data, "train", "NORMAL", "IM-0001-0001.jpeg"),
               os.path.join(data, "train", "NORMAL", "IM-0777-0001.jpeg"))
+  # Names with two image numbers are more films of the same child (Kaggle train/ has IM-0429-0001.jpeg,
+  # IM-0429-0001-0001.jpeg and IM-0429-0001-0002.jpeg): one more for every NORMAL patient.
+  for p in range(40):
+    pixels = gradient_image(seed=p)
+    pixels[12:20, 2:10], pixels[30:38, 30:38] = p, 250  # unlike any other file
+    write_image(os.path.join(data, "train", "NORMAL", f"IM-{p:04d}-0001-0002.jpeg"), pixels)
   builder = chest_xray.load_builder(data_dir=data, tfds_data_dir=str(tmp_path / "tfds"), image_size=128)
   splits = builder.info.splits
   assert set(splits) == {"train", "validation", "test", "kaggle_val"}
-  assert splits["train"].num_examples + splits["validation"].num_examples == 40 * 3 * 2 + 1
+  assert splits["train"].num_examples + splits["validation"].num_examples == 40 * 3 * 2 + 1 + 40
   assert splits["test"].num_examples == splits["kaggle_val"].num_examples == 40 * 3 * 2
   train, val = _examples(builder, "train"), _examples(builder, "validation")
   train_patients = {e["patient_id"] for e in train}
@@ -42,6 +48,10 @@ def test_builder_splits_by_patient_and_reads_every_split(tmp_path):
   assert 0.03 < len(val) / (len(train) + len(val)) < 0.25
   side = {e["patient_id"]: name for name, es in (("train", train), ("val", val)) for e in es}
   assert side[b"IM-0001"] == side[b"IM-0777"]  # the duplicate stays with its twin
+  assert len(val_patients) < len({e["file_name"] for e in val})  # so validation holds all 4 films of some
+  for e in train + val:
+    if e["file_name"].endswith(b"-0001-0002.jpeg"):
+      assert e["patient_id"] == e["file_name"][len("train/NORMAL/"):len("train/NORMAL/IM-0000")]
   assert [["train/NORMAL/IM-0001-0001.jpeg", "train/NORMAL/IM-0777-0001.jpeg"]] == [
       sorted(g) for g in builder.info.metadata["duplicate_groups"] if "train/NORMAL/IM-0001-0001.jpeg" in g]
   # Labels follow the folders, features are complete, pixels are the images'.

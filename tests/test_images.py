@@ -16,6 +16,10 @@ GREY = gradient_image()
     ("person1000_bacteria_2931.jpeg", "person1000"),
     ("IM-0115-0001.jpeg", "IM-0115"),
     ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427"),
+    # Two image numbers: more films of the same child (Kaggle train/ has 134 such names).
+    ("IM-0429-0001-0002.jpeg", "IM-0429"),
+    ("NORMAL2-IM-0395-0001-0002.jpeg", "NORMAL2-IM-0395"),
+    ("person447_virus_921_1.jpeg", "person447"),
     ("scan_from_elsewhere.png", "scan_from_elsewhere"),  # unknown pattern: its own patient
 ])
 def test_patient_id(file_name, patient):
@@ -27,6 +31,8 @@ def test_patient_id(file_name, patient):
     ("train/PNEUMONIA/person1000_bacteria_2931.jpeg", "bacteria"),
     ("IM-0115-0001.jpeg", "IM"),
     ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM"),
+    ("IM-0429-0001-0002.jpeg", "IM"),
+    ("person447_virus_921_1.jpeg", "virus"),
     ("person12_fungus_3.jpeg", None),  # the patient is known, the cause is not one of the set's
     ("scan_from_elsewhere.png", None),
 ])

@@ -149,6 +149,18 @@ def last(workdir: str) -> dict[str, Any]:
   return json.loads(lines[-1])
 
 
+def data_version(workdir: str) -> str | None:
+  """The version of the prepared data the run last started on (the last folder of its recorded data
+  dir, e.g. .../max256/1.1.0), or None when it recorded none."""
+  try:
+    with open(os.path.join(workdir, FILE)) as f:
+      records = [json.loads(l) for l in f if l.strip()]
+  except OSError:
+    return None
+  dirs = [r["data"]["dir"] for r in records if isinstance(r.get("data"), dict) and r["data"].get("dir")]
+  return os.path.basename(os.path.normpath(dirs[-1])) if dirs else None
+
+
 def differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
   """(key, a's value, b's value) for every leaf that differs; "time" is left out."""
   out = []

@@ -259,6 +259,9 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, image_dir: str |
 
   @functools.cache  # one dataset object per split, so that Predictor's adapted states are found again
   def split_ds(name: str):
+    if name in ("train", "validation"):
+      for run in [workdir, *ensemble]:
+        trainer.check_split_version(run, builder, f"reading its {name} split")
     return input_pipeline.load_split(builder, name, config.image_size), input_pipeline.num_examples(builder, name)
 
   extra: dict[str, str] = {}

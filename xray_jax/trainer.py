@@ -205,6 +205,18 @@ class TrainingData:
   class_weights: np.ndarray
 
 
+def check_split_version(workdir: str, builder: chest_xray.ChestXrayPneumonia, doing: str) -> None:
+  """Refuses to `doing` when the run trained on another version of the train/validation split: its
+  validation images could then be ones it trained on."""
+  trained, now = environment.data_version(workdir), str(builder.version)
+  if trained is not None and trained != now:
+    raise UsageError(
+        f"--workdir={workdir} trained on version {trained} of the prepared data, whose train/validation split "
+        f"is not that of the prepared {now} ({now}: {builder.RELEASE_NOTES.get(now, 'see chest_xray.py')}), so "
+        f"{doing} would mix in images it trained on. Train again in a new --workdir (or with --overwrite); "
+        f"--split=test and --image_dir need no validation split once the run's threshold is recorded.")
+
+
 def load_training_data(config: learning.TrainConfig, workdir: str, overwrite: bool) -> TrainingData:
   """Prepares (process 0) or loads the data and the workdir, checks the batch, logs the split."""
   load = functools.partial(chest_xray.load_builder, data_dir=config.data_dir,
@@ -213,6 +225,8 @@ def load_training_data(config: learning.TrainConfig, workdir: str, overwrite: bo
   parallel.sync("data prepared")
   builder = builder or load()  # ...the others then find it prepared
   if parallel.is_primary():
+    if not overwrite:
+      check_split_version(workdir, builder, "resuming it")
     prepare_workdir(config, workdir, overwrite)
     environment.append(workdir, environment.describe(data_dir=builder.data_dir,
                                                      compiler_options=compile_options.compiler_options()))
