@@ -3,6 +3,7 @@
     python scripts/summarize_runs.py cnn cnn_affine cnn_seed mlp_baseline
     python scripts/summarize_runs.py "cnn, ensemble of 3=runs/cnn_s0/reports/ensemble_validation_stress.json"
     python scripts/summarize_runs.py --report=validation_unseen --per_shift cnn cnn_plain
+    python scripts/summarize_runs.py --subgroups cnn
     python scripts/summarize_runs.py --against=validation_stress_latest "all=runs/cnn_s*/reports/validation_stress.json,other/runs/*_s0/reports/validation_stress.json"
 
 An argument NAME reads runs/NAME_s*/reports/REPORT.json (--report, default validation_stress;
@@ -11,9 +12,10 @@ matches (several GLOBs: comma-separated). Figures are mean +- sample standard de
 the runs found ("n" says how many); nothing is filled in by hand. --per_shift adds a table of
 each stress shift. --subgroups adds a table of each file-name subgroup (xray_jax.images.subgroup:
 bacteria, virus, NORMAL2-IM, IM): its sensitivity or specificity at the run's threshold on the
-unshifted images and its mean and worst over the stress shifts. --against=OTHER adds, after each row, the paired differences OTHER minus
-REPORT over the runs that have both (OTHER.json beside each report, e.g. the same runs evaluated
-at another checkpoint), with in how many runs OTHER's figure is at least REPORT's.
+unshifted images and its mean and worst over the stress shifts. --against=OTHER adds, after each
+row, the paired differences OTHER minus REPORT over the runs that have both (OTHER.json beside
+each report, e.g. the same runs evaluated at another checkpoint), with in how many runs OTHER's
+figure is at least REPORT's.
 """
 
 import argparse
