@@ -387,12 +387,13 @@ def stress_report(unshifted: trainer.Predictions, shifted: dict[str, np.ndarray]
   labels = unshifted.labels
   three = ("accuracy", "sensitivity", "specificity")
   subgroups = [images.subgroup(n) for n in unshifted.file_names]
+  named = any(s is not None for s in subgroups)
   rows, left_out, em, by_subgroup = {}, {}, {}, {}
   for shift, probs in shifted.items():
     at, at_half = metrics.at_threshold(labels, probs, threshold), metrics.at_threshold(labels, probs, 0.5)
     rows[shift] = {"roc_auc": metrics.roc_auc(labels, probs), "loss": float(np.mean(metrics.binary_nll(labels, probs))),
                    **{k: at[k] for k in three}, **{f"{k}_at_0.5": at_half[k] for k in three}}
-    if any(s is not None for s in subgroups):
+    if named:
       rates = metrics.subgroup_rates(labels, probs, subgroups, {"rate": threshold}, num_samples=0)
       by_subgroup[shift] = {name: r["rate"] for name, r in rates.items()}
     t = stress_youden(labels, unshifted.probs, [p for s, p in shifted.items() if s != shift])

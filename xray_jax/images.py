@@ -51,13 +51,27 @@ class SkippedFile:
   reason: str
 
 
-# Most names end in one image number; some in two (`IM-0429-0001-0002.jpeg`, `person447_virus_921_1.jpeg`):
-# more films of the same child, who must stay on one side of the split.
-_PATIENT_PATTERNS = (
-    re.compile(r"^(person\d+)_(?:bacteria|virus)(?:_\d+)+$", re.IGNORECASE),
-    re.compile(r"^(NORMAL2-IM-\d+)(?:-\d+)+$", re.IGNORECASE),
-    re.compile(r"^(IM-\d+)(?:-\d+)+$", re.IGNORECASE),
+# A Kermany file name gives the child and the kind of film: the pneumonia's cause, and for NORMAL
+# the two series of the upstream set (IM-..., NORMAL2-IM-...), which may differ in acquisition.
+# Most names end in one image number; some in two (`IM-0429-0001-0002.jpeg`,
+# `person447_virus_921_1.jpeg`): more films of the same child, who must stay on one side of the split.
+_NAME_PATTERNS = (  # (subgroup, pattern whose group 1 is the patient)
+    ("bacteria", re.compile(r"^(person\d+)_bacteria(?:_\d+)+$", re.IGNORECASE)),
+    ("virus", re.compile(r"^(person\d+)_virus(?:_\d+)+$", re.IGNORECASE)),
+    ("NORMAL2-IM", re.compile(r"^(NORMAL2-IM-\d+)(?:-\d+)+$", re.IGNORECASE)),
+    ("IM", re.compile(r"^(IM-\d+)(?:-\d+)+$", re.IGNORECASE)),
 )
+SUBGROUPS: tuple[str, ...] = tuple(name for name, _ in _NAME_PATTERNS)
+
+
+def _parse_name(file_name: str) -> tuple[str, str | None, str | None]:
+  """(stem, subgroup, patient) of a file name; subgroup and patient are None for unknown patterns."""
+  stem = os.path.splitext(os.path.basename(file_name))[0]
+  for name, pattern in _NAME_PATTERNS:
+    match = pattern.match(stem)
+    if match:
+      return stem, name, match.group(1)
+  return stem, None, None
 
 
 def patient_id(file_name: str) -> str:
@@ -66,34 +80,18 @@ def patient_id(file_name: str) -> str:
   `person12_virus_3.jpeg` -> `person12`, `IM-0115-0001.jpeg` -> `IM-0115`,
   `NORMAL2-IM-1427-0001.jpeg` -> `NORMAL2-IM-1427`, `IM-0429-0001-0002.jpeg` -> `IM-0429`.
   """
-  stem = os.path.splitext(os.path.basename(file_name))[0]
-  for pattern in _PATIENT_PATTERNS:
-    match = pattern.match(stem)
-    if match:
-      return match.group(1)
-  return stem
-
-
-# Kermany file names also say which kind of film a child's is: the pneumonia's cause, and for
-# NORMAL the two series of the upstream set (IM-..., NORMAL2-IM-...), which may differ in
-# acquisition. A model that misses viral pneumonia, or one series of normal films, should say so.
-_SUBGROUP_PATTERNS = (
-    ("bacteria", re.compile(r"^person\d+_bacteria(?:_\d+)+$", re.IGNORECASE)),
-    ("virus", re.compile(r"^person\d+_virus(?:_\d+)+$", re.IGNORECASE)),
-    ("NORMAL2-IM", re.compile(r"^NORMAL2-IM(?:-\d+)+$", re.IGNORECASE)),
-    ("IM", re.compile(r"^IM(?:-\d+)+$", re.IGNORECASE)),
-)
-SUBGROUPS: tuple[str, ...] = tuple(name for name, _ in _SUBGROUP_PATTERNS)
+  stem, _, patient = _parse_name(file_name)
+  return patient or stem
 
 
 def subgroup(file_name: str) -> str | None:
   """The Kermany subgroup a file name names (one of SUBGROUPS), or None for other names.
 
+  A model that misses viral pneumonia, or one series of normal films, should say so:
   `person12_virus_3.jpeg` -> `virus`, `person1_bacteria_1.jpeg` -> `bacteria`,
   `NORMAL2-IM-1427-0001.jpeg` -> `NORMAL2-IM`, `IM-0115-0001.jpeg` -> `IM`.
   """
-  stem = os.path.splitext(os.path.basename(file_name))[0]
-  return next((name for name, pattern in _SUBGROUP_PATTERNS if pattern.match(stem)), None)
+  return _parse_name(file_name)[1]
 
 
 def is_junk(name: str) -> bool:
