@@ -104,6 +104,42 @@ def test_border_is_off_by_default_and_draws_bands_only_for_some_images_when_on()
   assert all(min(flat(img)) < 1e-6 for img in always)
 
 
+def test_erase_rectangle_replaces_exactly_the_pixels_inside():
+  x = _images(1, 20)[0]
+  fill = jnp.full_like(x, 0.5)
+  y = augment.erase_rectangle(x, jnp.array([0.1, 0.5]), jnp.array([0.3, 0.25]), fill)
+  # Rows 2..7 and columns 10..14: the pixel centres in [0.1, 0.4) x [0.5, 0.75).
+  inside = np.zeros((20, 20, 1), bool)
+  inside[2:8, 10:15] = True
+  np.testing.assert_array_equal(np.asarray(y)[inside], 0.5)
+  np.testing.assert_array_equal(np.asarray(y)[~inside], np.asarray(x)[~inside])
+  np.testing.assert_array_equal(augment.erase_rectangle(x, jnp.array([0.3, 0.3]), jnp.zeros(2), fill), x)
+
+
+def test_erase_is_off_by_default_and_draws_one_rectangle_in_the_sizes_it_says_for_some_images():
+  n, size = 64, 40
+  x = _images(n, size)
+  key = jax.random.key(5)
+  assert CFG.erase == 0
+  base = augment.augment_batch(key, x, CFG)
+  # Erasing comes last and draws its own keys: the other transforms are those of the run without it.
+  on = augment.augment_batch(key, x, dataclasses.replace(CFG, erase=0.5))
+  changed = np.asarray(jnp.abs(on - base) > 1e-6)[..., 0]
+  erased = changed.any(axis=(1, 2))
+  assert 0.25 * n < erased.sum() < 0.75 * n  # a coin per image
+  lo, hi = augment.ERASE_AREA
+  for mask in changed[erased]:
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
+    # The changed pixels fill one axis-aligned box (a noise draw can equal the pixel it
+    # replaces only by chance), whose area is in range to within its rounding to whole pixels.
+    assert mask.sum() >= 0.99 * box
+    assert lo * size * size - 2 * size <= box <= hi * size * size + 2 * size
+    aspect = (rows[-1] - rows[0] + 1) / (cols[-1] - cols[0] + 1)
+    assert augment.ERASE_ASPECT[0] / 1.5 <= aspect <= augment.ERASE_ASPECT[1] * 1.5
+  assert float(on.min()) >= 0.0 and float(on.max()) <= 1.0
+
+
 def test_tta_views_keep_shape_and_the_identity_view_is_the_image():
   x = _images(2, 32)
   np.testing.assert_array_equal(augment.tta_view(x, augment.TTA_VIEWS[0]), x)

@@ -8,6 +8,8 @@ experiment turns them on, because the stress test showed a model trained without
 calls noisy or soft NORMAL films PNEUMONIA). Collimator bands: optional flat bands of a random
 level at the edges, as shutters and collimation crop films differently (off by default; the
 unseen stress shift `collimation` showed whether a model reads them as NORMAL is a seed lottery).
+Random erasing: optional, one rectangle of uniform noise anywhere in the image (Zhong et al.
+2020), so that no single region can be relied on; off by default (RESULTS idea 37).
 No flips: a mirrored chest (heart on the right) is not a real patient.
 """
 
@@ -30,9 +32,12 @@ class AugmentConfig:
   blur: float = 0.0  # Gaussian blur sigma uniform in [0, blur] pixels (at most 2)
   noise: float = 0.0  # Gaussian noise std uniform in [0, noise] (images in [0, 1])
   border: float = 0.0  # probability of collimator bands (each side up to BORDER_MAX of the size)
+  erase: float = 0.0  # probability of one noise-filled rectangle (area and aspect in ERASE_*)
 
 
 BORDER_MAX = 0.12
+ERASE_AREA = (0.02, 0.2)  # fraction of the image, uniform (Zhong et al. 2020 go to 0.4; pneumonia can be focal)
+ERASE_ASPECT = (0.3, 3.3)  # height / width, log-uniform
 
 
 def affine(image_HxWxC: jnp.ndarray, *, angle: jnp.ndarray, scale: jnp.ndarray,
@@ -89,6 +94,28 @@ def collimator_bands(image_HxWxC: jnp.ndarray, widths_tblr: jnp.ndarray, level: 
   return jnp.where(inside[..., None], image_HxWxC, level.astype(image_HxWxC.dtype))
 
 
+def erase_rectangle(image_HxWxC: jnp.ndarray, top_left_yx: jnp.ndarray, size_hw: jnp.ndarray,
+                    fill_HxWxC: jnp.ndarray) -> jnp.ndarray:
+  """Replaces the pixels whose centres lie in a rectangle (corner and size in fractions of the
+  image) by `fill`; a zero size is the identity."""
+  h, w, _ = image_HxWxC.shape
+  rows = (jnp.arange(h, dtype=jnp.float32)[:, None] + 0.5) / h
+  cols = (jnp.arange(w, dtype=jnp.float32)[None, :] + 0.5) / w
+  (y0, x0), (eh, ew) = top_left_yx, size_hw
+  inside = (rows >= y0) & (rows < y0 + eh) & (cols >= x0) & (cols < x0 + ew)
+  return jnp.where(inside[..., None], fill_HxWxC.astype(image_HxWxC.dtype), image_HxWxC)
+
+
+def _random_erase(key: jax.Array, image: jnp.ndarray, p: float) -> jnp.ndarray:
+  kp, ka, kr, kc, kf = jax.random.split(key, 5)
+  area = jax.random.uniform(ka, (), minval=ERASE_AREA[0], maxval=ERASE_AREA[1])
+  log_aspect = jax.random.uniform(kr, (), minval=jnp.log(ERASE_ASPECT[0]), maxval=jnp.log(ERASE_ASPECT[1]))
+  size = jnp.minimum(jnp.sqrt(area * jnp.exp(jnp.array([log_aspect, -log_aspect]))), 1.0)
+  corner = jax.random.uniform(kc, (2,)) * (1.0 - size)  # the whole rectangle inside the image
+  size = size * jax.random.bernoulli(kp, p)
+  return erase_rectangle(image, corner, size, jax.random.uniform(kf, image.shape))
+
+
 def _augment_one(key: jax.Array, image: jnp.ndarray, cfg: AugmentConfig) -> jnp.ndarray:
   k = jax.random.split(key, 6)
   h, w, _ = image.shape
@@ -108,6 +135,8 @@ def _augment_one(key: jax.Array, image: jnp.ndarray, cfg: AugmentConfig) -> jnp.
   if cfg.noise:
     std = jax.random.uniform(kn, (), maxval=cfg.noise)
     image = jnp.clip(image + std * jax.random.normal(kz, image.shape), 0.0, 1.0)
+  if cfg.erase:  # last, so the fill is plain noise, untouched by the intensity changes
+    image = _random_erase(jax.random.fold_in(key, 3), image, cfg.erase)
   return image
 
 

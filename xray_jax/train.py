@@ -58,6 +58,9 @@ flags.DEFINE_float("aug_noise", _D.augment_config.noise, "Max Gaussian noise std
 flags.DEFINE_float("aug_border", _D.augment_config.border, "Probability of flat collimator bands of a random "
                    f"level at the image edges, each up to {augment.BORDER_MAX:.0%} of the size (0: none).",
                    lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("aug_erase", _D.augment_config.erase, "Probability of random erasing: one rectangle of "
+                   f"uniform noise, {augment.ERASE_AREA[0]:.0%}-{augment.ERASE_AREA[1]:.0%} of the image, "
+                   "anywhere in it (0: none).", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_enum("dtype", _D.dtype, ["float32", "bfloat16"], "Compute dtype of the model's layers; "
                   "parameters, optimizer and loss stay float32. bfloat16 pays off on GPUs and TPUs, not on CPUs.")
 flags.DEFINE_enum("threshold_rule", _D.threshold_rule, list(trainer.THRESHOLD_RULES),
@@ -82,7 +85,8 @@ def config_from_flags() -> learning.TrainConfig:
   aug = augment.AugmentConfig(
       rotate_deg=FLAGS.aug_rotate_deg, scale=FLAGS.aug_scale, shift=FLAGS.aug_shift,
       brightness=FLAGS.aug_brightness, contrast=FLAGS.aug_contrast, gamma=FLAGS.aug_gamma,
-      blur=FLAGS.aug_blur, noise=FLAGS.aug_noise, border=FLAGS.aug_border)
+      blur=FLAGS.aug_blur, noise=FLAGS.aug_noise, border=FLAGS.aug_border,
+      erase=FLAGS.aug_erase)
   return learning.TrainConfig(augment_config=aug, **{n: FLAGS[n].value for n in names})
 
 
