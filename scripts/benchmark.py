@@ -4,11 +4,12 @@
     python scripts/benchmark.py --model=refcnn --batch=64 --compare      # + Keras and PyTorch twins
     python scripts/benchmark.py --model=cnn --data_dir=sample_data/chest_xray --json
     python scripts/benchmark.py --model=cnn --data_dir=../shared/data/chest_xray --batch=32 --turnover_epochs=3 --json
+    python scripts/benchmark.py --recipe=experiments/cnn.flags --recipe=experiments/cnn_erase.flags --rounds=5 --json
 
 Absolute times on a shared machine drift; compare ratios taken in one run (each row names its host
 CPU in `cpu`, as a training run's environment.jsonl does). The train step
 is timed as the trainer runs it (jitted, state donated, uint8 batch, on-device
-augmentation only with --augment), median over --steps after warm-up, synchronised with
+augmentation only with --augment, or a recipe's own with --recipe), median over --steps after warm-up, synchronised with
 block_until_ready; FLOPs come from XLA's own cost analysis of the step before optimisation.
 On CPU the train step is compiled as the trainer compiles it (xray_jax/compile_options.py);
 `XRAY_JAX_CPU_CONV=ynnpack` times it with jaxlib's default convolutions instead.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+import dataclasses
 import functools
 import gc
 import importlib.util
@@ -127,13 +129,27 @@ def conv_kernel_grad(kinds: str) -> str:
   return "matmuls" if compile_options.ynnpack_convolutions() else ONE_CHANNEL_TAPS
 
 
-def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: bool,
-                dtype: str, profile_dir: str | None = None,
+def recipe_config(path: str) -> learning.TrainConfig:
+  """The TrainConfig that `python -m xray_jax.train --flagfile=path` trains with: its model, batch,
+  image size, dtype, augmentation (blur, noise, bands, erasing included) and step options."""
+  if not os.path.isfile(path):
+    raise SystemExit(f"--recipe={path}: no such flag file (the recipes are experiments/*.flags)")
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from xray_jax import train  # defines the trainer's flags; needs TensorFlow, as training does
+  flags.FLAGS.unparse_flags()  # each recipe from the defaults, not from the one before it
+  flags.FLAGS(["benchmark", f"--flagfile={path}"])
+  return train.config_from_flags()
+
+
+def bench_model(config: learning.TrainConfig, *, steps: int, label: str | None = None,
+                profile_dir: str | None = None,
                 profile_steps: int = 5) -> tuple[dict, Callable[[], jax.Array], Callable[[], jax.Array]]:
-  """The row of figures, and the compiled train step (on a fixed batch) and inference call (batch 256)
-  for other timings to run. With `profile_dir`, also traces `profile_steps` train steps after the
-  timed ones and writes their per-op table to profile_dir/<name>_train_ops.md (xray_jax/profiling.py)."""
-  config = learning.TrainConfig(model=name, image_size=image_size, batch_size=batch, dtype=dtype)
+  """The row of figures for `config`'s train step (as the trainer builds it, augmentation only with
+  config.augment), and the compiled step (on a fixed batch) and inference call (batch 256) for other
+  timings to run. With `profile_dir`, also traces `profile_steps` train steps after the timed ones and
+  writes their per-op table to profile_dir/<label>_train_ops.md (xray_jax/profiling.py)."""
+  name, batch, image_size, augment = config.model, config.batch_size, config.image_size, config.augment
+  label = label or name
   model = learning.create_model(config)
   state = learning.create_train_state(config, model, jax.random.key(0), lambda _: 1e-3)
   rng = np.random.default_rng(0)
@@ -141,9 +157,10 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
               "label": rng.integers(0, 2, batch).astype(np.int32)}
   device_batch = jax.device_put(batch_np)
   kinds = conv_kinds(model, image_size)
-  step = compile_options.jit(functools.partial(learning.train_step, class_weights=jnp.array([1.94, 0.67]),
-                                               augment_config=config.augment_config if augment else None),
-                             donate_argnums=0)
+  step = compile_options.jit(functools.partial(
+      learning.train_step, class_weights=jnp.array([1.94, 0.67]),
+      augment_config=config.augment_config if augment else None, label_smoothing=config.label_smoothing,
+      mixup_alpha=config.mixup_alpha, ema_decay=config.ema_decay), donate_argnums=0)
   key = jax.random.key(1)
   train_flops = _model_flops(step, state, device_batch, key)
   t = time.perf_counter()
@@ -161,9 +178,9 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   profiled = {}
   if profile_dir:
     try:
-      ops, wall_s = profiling.profile(one_step, profile_steps, os.path.join(profile_dir, f"{name}_trace"),
+      ops, wall_s = profiling.profile(one_step, profile_steps, os.path.join(profile_dir, f"{label}_trace"),
                                       step.as_text())
-      table = os.path.join(profile_dir, f"{name}_train_ops.md")
+      table = os.path.join(profile_dir, f"{label}_train_ops.md")
       profiling.write_table(ops, profile_steps, wall_s, table)
       profiled = {"profile_table": table, **{f"profile_{k}": v for k, v in
                                              profiling.summary(ops, profile_steps, wall_s).items()}}
@@ -182,9 +199,11 @@ def bench_model(name: str, *, batch: int, steps: int, image_size: int, augment: 
   one_infer = lambda: infer(holder["state"], infer_batch)
   one_infer().block_until_ready()
   infer_s, infer_faults = _timed(one_infer, 10)
-  out = {"framework": "jax-flax", "version": f"jax {jax.__version__}", "model": name, "device": str(jax.devices()[0]),
+  out = {"framework": "jax-flax", "version": f"jax {jax.__version__}", "model": name, **({"recipe": label} if label != name else {}),
+         "device": str(jax.devices()[0]),
          "device_kind": jax.devices()[0].device_kind,
-         "batch": batch, "params": learning.param_count(state.params), "augment": augment, "dtype": dtype,
+         "batch": batch, "params": learning.param_count(state.params), "augment": augment,
+         **({"augment_config": dataclasses.asdict(config.augment_config)} if augment else {}), "dtype": config.dtype,
          "conv": kinds, "conv_kernel_grad": conv_kernel_grad(kinds), "train_xla_options": compile_options.compiler_options(),
          "malloc": MALLOC, "train_page_faults_per_step": round(faults_per_step),
          "infer_page_faults_per_call": round(infer_faults),
@@ -337,13 +356,12 @@ def compare(jax_calls: tuple[Callable[[], jax.Array], Callable[[], jax.Array]] |
   return out
 
 
-def interleave(rows: list[dict], train_steps: list[Callable[[], jax.Array]], rounds: int, steps: int,
-               batch: int) -> None:
+def interleave(rows: list[dict], train_steps: list[Callable[[], jax.Array]], rounds: int, steps: int) -> None:
   """Times each model's step `steps` times per round, the models in turn, and adds the figures to its row."""
   per_round = [[] for _ in rows]
   for _ in range(rounds):
-    for rates, one_step in zip(per_round, train_steps):
-      rates.append(batch / _timed(one_step, steps)[0])
+    for row, rates, one_step in zip(rows, per_round, train_steps):
+      rates.append(row["batch"] / _timed(one_step, steps)[0])
   first = statistics.median(per_round[0])
   for row, rates in zip(rows, per_round):
     row["train_img_per_s_rounds"] = [round(r, 1) for r in rates]
@@ -357,7 +375,12 @@ def main():
   ap.add_argument("--batch", type=int, default=64)
   ap.add_argument("--steps", type=int, default=30)
   ap.add_argument("--image_size", type=int, default=128)
-  ap.add_argument("--augment", action="store_true", help="include on-device augmentation in the step")
+  ap.add_argument("--augment", action="store_true", help="include on-device augmentation in the step "
+                  "(the default ranges, without blur or noise: --recipe times a recipe's own)")
+  ap.add_argument("--recipe", action="append", default=[],
+                  help="a train flag file (experiments/<name>.flags), timed as it trains: its model, batch, image "
+                  "size, dtype and augmentation, whatever --batch, --image_size, --dtype and --augment say; after "
+                  "any --model rows")
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
   ap.add_argument("--plain_conv", action="store_true",
                   help="models use nn.Conv instead of layers.Conv: what layers.Conv's gradient passes deliver "
@@ -398,10 +421,13 @@ def main():
     layers.Conv = nn.Conv  # models look layers.Conv up when they are called
   ceiling = matmul_ceiling(args.matmul_size, args.dtype)
   rows, train_steps, infer_calls = [], [], []
-  for name in args.model or ["refcnn"]:
-    row, train_step, infer_call = bench_model(name, batch=args.batch, steps=args.steps, image_size=args.image_size,
-                                  augment=args.augment, dtype=args.dtype, profile_dir=args.profile_dir,
-                                  profile_steps=args.profile_steps)
+  benched = [(learning.TrainConfig(model=name, image_size=args.image_size, batch_size=args.batch, dtype=args.dtype,
+                                   augment=args.augment), None)
+             for name in args.model or ([] if args.recipe else ["refcnn"])]
+  benched += [(recipe_config(path), os.path.splitext(os.path.basename(path))[0]) for path in args.recipe]
+  for config, label in benched:
+    row, train_step, infer_call = bench_model(config, steps=args.steps, label=label, profile_dir=args.profile_dir,
+                                              profile_steps=args.profile_steps)
     row.update(matmul_gflop_per_s=round(ceiling, 1), matmul_size=args.matmul_size, matmul_dtype=args.dtype)
     if "train_gflop_per_s" in row:
       row["train_fraction_of_matmul"] = round(row["train_gflop_per_s"] / ceiling, 3)
@@ -413,17 +439,17 @@ def main():
     if "peak_bytes_in_use" in stats:
       row["peak_device_mib"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
     if args.data_dir:
-      row.update(bench_pipeline(args.data_dir, args.tfds_data_dir, args.image_size, args.batch,
+      row.update(bench_pipeline(args.data_dir, args.tfds_data_dir, config.image_size, config.batch_size,
                                 args.turnover_epochs, train_step))
       row["pipeline_to_step_ratio"] = round(row["pipeline_cached_img_per_s"] / row["train_img_per_s"], 1)
     if args.originals_dir:
-      row.update(bench_originals(args.originals_dir, args.image_size, args.originals_repeat))
+      row.update(bench_originals(args.originals_dir, config.image_size, args.originals_repeat))
       row["originals_to_step_ratio"] = round(row["originals_cold_img_per_s"] / row["train_img_per_s"], 2)
     rows.append(row)
     train_steps.append(train_step)
     infer_calls.append(infer_call)
   if args.rounds:
-    interleave(rows, train_steps, args.rounds, args.steps, args.batch)
+    interleave(rows, train_steps, args.rounds, args.steps)
   if args.compare:
     jax_ref = next((i for i, r in enumerate(rows) if r["model"] == "refcnn"), None)
     rows += compare((train_steps[jax_ref], infer_calls[jax_ref]) if jax_ref is not None else None,

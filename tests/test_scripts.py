@@ -63,6 +63,23 @@ def test_benchmark_prints_the_shared_scripts_fields_and_the_pipeline_and_origina
     assert len(row[f"turnover_{variant}_s"]) == 2 and row[f"turnover_{variant}_total_s"] >= 0
 
 
+def test_benchmark_times_a_recipe_with_its_own_batch_size_and_augmentation(tmp_path):
+  recipe = tmp_path / "tiny.flags"
+  recipe.write_text("# a recipe header\n--model=mlp\n--image_size=32\n--batch_size=3\n--augment\n"
+                    "--aug_blur=1.0\n--aug_erase=0.5\n")
+  r = _script("benchmark.py", "--model=mlp", "--batch=2", "--image_size=32", f"--recipe={recipe}", "--steps=2",
+              "--matmul_size=64", "--rounds=2", "--json")
+  assert r.returncode == 0, r.stderr[-2000:]
+  plain, row = [json.loads(l) for l in r.stdout.splitlines()]
+  assert "recipe" not in plain and plain["batch"] == 2 and plain["augment"] is False
+  assert row["recipe"] == "tiny" and row["model"] == "mlp" and row["batch"] == 3  # not --batch's 2
+  assert row["augment"] is True and row["augment_config"]["erase"] == 0.5 and row["augment_config"]["blur"] == 1.0
+  assert row["augment_config"]["noise"] == 0.0  # the flag's default, not a value left by another recipe
+  assert len(row["train_img_per_s_rounds"]) == 2 and row["train_img_per_s_interleaved"] > 0
+  r = _script("benchmark.py", f"--recipe={tmp_path / 'missing.flags'}", "--steps=2", "--matmul_size=64")
+  assert r.returncode != 0 and "missing.flags: no such flag file" in r.stderr
+
+
 # Run as a user runs it, but with these packages unimportable, as on a GPU image without TensorFlow.
 _WITHOUT_TF = """
 import runpy, sys
