@@ -10,7 +10,8 @@ from xray_jax import models
 from xray_jax.errors import UsageError
 
 # Pinned so that an accidental architecture change shows up as a failing test.
-PARAM_COUNTS = {"cnn": 1_179_986, "cnn_blurpool": 1_179_986, "cnn_blurpool_late": 1_179_986, "cnn_dropout": 1_179_986, "cnn_gn": 1_179_986, "cnn_narrow": 664_238,
+PARAM_COUNTS = {"cnn": 1_179_986, "cnn_blurpool": 1_179_986, "cnn_blurpool_late": 1_179_986, "cnn_dropout": 1_179_986,
+                "cnn_gem": 1_179_987, "cnn_gn": 1_179_986, "cnn_narrow": 664_238,
                 "cnn_res": 1_224_514, "cnn_std": 1_179_986,
                 "cnn_rank_centre": 1_179_986, "cnn_std_centre": 1_179_986, "cnn_wide": 1_842_902, "mlp": 8_455_042, "refcnn": 389_314}
 
@@ -51,7 +52,7 @@ def test_jit_and_eager_agree(name):
 
 
 def test_unknown_model_lists_known_ones():
-  with pytest.raises(UsageError, match="known models: cnn, cnn_blurpool, cnn_blurpool_late, cnn_dropout, cnn_gn, cnn_narrow, cnn_rank_centre, cnn_res, cnn_std, cnn_std_centre, cnn_wide, mlp, refcnn"):
+  with pytest.raises(UsageError, match="known models: cnn, cnn_blurpool, cnn_blurpool_late, cnn_dropout, cnn_gem, cnn_gn, cnn_narrow, cnn_rank_centre, cnn_res, cnn_std, cnn_std_centre, cnn_wide, mlp, refcnn"):
     models.get_model("resnet9000")
 
 
@@ -203,6 +204,49 @@ def test_cnn_blurpool_late_pools_plainly_after_the_first_stage_only():
          for name in ("cnn_std_centre", "cnn_blurpool", "cnn_blurpool_late")}
   assert not np.allclose(out["cnn_blurpool_late"], out["cnn_std_centre"])
   assert not np.allclose(out["cnn_blurpool_late"], out["cnn_blurpool"])
+
+
+def test_gem_is_the_mean_at_p_1_nears_the_max_at_large_p_and_shrinks_less_under_a_zero_border():
+  from xray_jax.models import cnn_gem
+  x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 5), minval=0.1, maxval=3.0)
+  np.testing.assert_allclose(cnn_gem.gem(x, 1.0), x.mean(axis=(1, 2)), rtol=1e-6)
+  mean, gem3, gem8, peak = (x.mean(axis=(1, 2)), cnn_gem.gem(x, 3.0), cnn_gem.gem(x, 8.0), x.max(axis=(1, 2)))
+  assert bool(jnp.all((mean < gem3) & (gem3 < gem8) & (gem8 <= peak)))
+  # A border of zeros over a fraction f of the map (zoom-out's black frame after ReLU) scales the
+  # mean by 1 - f and GeM by (1 - f)^(1/p): the dilution the model is meant to resist.
+  framed = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))  # 8x8 inside 12x12: f = 80/144
+  keep = 64 / 144
+  np.testing.assert_allclose(framed.mean(axis=(1, 2)), mean * keep, rtol=1e-5)
+  np.testing.assert_allclose(cnn_gem.gem(framed, 3.0), gem3 * keep ** (1 / 3), rtol=1e-5)
+
+
+def test_gem_gradients_stay_finite_on_a_dead_channel_at_every_allowed_p():
+  from xray_jax.models import cnn_gem
+  x = jnp.zeros((2, 4, 4, 3)).at[:, :, :, 0].set(0.5)  # channels 1 and 2 are zero everywhere
+  for p in (1.0, cnn_gem.P_INIT, cnn_gem.P_MAX):
+    value, (gx, gp) = jax.value_and_grad(lambda x, p: cnn_gem.gem(x, p).sum(), argnums=(0, 1))(x, jnp.float32(p))
+    assert np.isfinite(value) and np.all(np.isfinite(gx)) and np.isfinite(gp), p
+
+
+def test_cnn_gem_is_cnn_blurpool_late_with_a_learned_global_pool_only():
+  from xray_jax.models import cnn_blurpool_late, cnn_gem
+  late, gem_model = models.get_model("cnn_blurpool_late"), models.get_model("cnn_gem")
+  assert type(gem_model).__mro__[1] is cnn_blurpool_late.Model
+  assert cnn_gem.Model.block is cnn_blurpool_late.Model.block and cnn_gem.Model.pool is cnn_blurpool_late.Model.pool
+  variables = _init(gem_model, 64)
+  assert float(variables["params"]["gem_p"]) == cnn_gem.P_INIT
+  shared = {**variables, "params": {k: v for k, v in variables["params"].items() if k != "gem_p"}}
+  assert jax.tree.structure(shared) == jax.tree.structure(_init(late, 64))
+  images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 1))
+  plain = late.apply(shared, images, train=False)
+  at_p = lambda p: gem_model.apply({**variables, "params": {**variables["params"], "gem_p": jnp.float32(p)}},
+                                   images, train=False)
+  # At p = 1 GeM is the mean but for the EPS floor on ReLU's zeros; at P_INIT it is another model.
+  np.testing.assert_allclose(at_p(1.0), plain, atol=5e-4)
+  assert not np.allclose(at_p(cnn_gem.P_INIT), plain, atol=5e-3)
+  # p is clipped to [1, P_MAX]: values beyond give the same output as the bounds.
+  np.testing.assert_array_equal(at_p(0.2), at_p(1.0))
+  np.testing.assert_array_equal(at_p(50.0), at_p(cnn_gem.P_MAX))
 
 
 def test_cnn_rejects_image_size_it_cannot_pool():

@@ -48,7 +48,7 @@ class Model(nn.Module):
       if i == len(self.widths) - 1:
         x = saliency.mark_features(self, x)
       x = self.pool(x, stage=i)
-    x = jnp.mean(x, axis=(1, 2))
+    x = self.global_pool(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
@@ -62,3 +62,8 @@ class Model(nn.Module):
     (cnn_blurpool)."""
     del stage
     return layers.max_pool_2x2(x)
+
+  def global_pool(self, x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
+    """The last stage's map to one feature vector per image: [B, H, W, C] -> [B, C]; a variant
+    that changes only this overrides it (cnn_gem)."""
+    return jnp.mean(x_BxHxWxC, axis=(1, 2))
