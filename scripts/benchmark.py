@@ -141,15 +141,15 @@ def recipe_config(path: str) -> learning.TrainConfig:
   return train.config_from_flags()
 
 
-def bench_model(config: learning.TrainConfig, *, steps: int, label: str | None = None,
+def bench_model(config: learning.TrainConfig, *, steps: int, recipe: str | None = None,
                 profile_dir: str | None = None,
                 profile_steps: int = 5) -> tuple[dict, Callable[[], jax.Array], Callable[[], jax.Array]]:
   """The row of figures for `config`'s train step (as the trainer builds it, augmentation only with
   config.augment), and the compiled step (on a fixed batch) and inference call (batch 256) for other
   timings to run. With `profile_dir`, also traces `profile_steps` train steps after the timed ones and
-  writes their per-op table to profile_dir/<label>_train_ops.md (xray_jax/profiling.py)."""
+  writes their per-op table to profile_dir/<recipe or model>_train_ops.md (xray_jax/profiling.py)."""
   name, batch, image_size, augment = config.model, config.batch_size, config.image_size, config.augment
-  label = label or name
+  label = recipe or name
   model = learning.create_model(config)
   state = learning.create_train_state(config, model, jax.random.key(0), lambda _: 1e-3)
   rng = np.random.default_rng(0)
@@ -199,7 +199,7 @@ def bench_model(config: learning.TrainConfig, *, steps: int, label: str | None =
   one_infer = lambda: infer(holder["state"], infer_batch)
   one_infer().block_until_ready()
   infer_s, infer_faults = _timed(one_infer, 10)
-  out = {"framework": "jax-flax", "version": f"jax {jax.__version__}", "model": name, **({"recipe": label} if label != name else {}),
+  out = {"framework": "jax-flax", "version": f"jax {jax.__version__}", "model": name, **({"recipe": recipe} if recipe else {}),
          "device": str(jax.devices()[0]),
          "device_kind": jax.devices()[0].device_kind,
          "batch": batch, "params": learning.param_count(state.params), "augment": augment,
@@ -425,8 +425,8 @@ def main():
                                    augment=args.augment), None)
              for name in args.model or ([] if args.recipe else ["refcnn"])]
   benched += [(recipe_config(path), os.path.splitext(os.path.basename(path))[0]) for path in args.recipe]
-  for config, label in benched:
-    row, train_step, infer_call = bench_model(config, steps=args.steps, label=label, profile_dir=args.profile_dir,
+  for config, recipe in benched:
+    row, train_step, infer_call = bench_model(config, steps=args.steps, recipe=recipe, profile_dir=args.profile_dir,
                                               profile_steps=args.profile_steps)
     row.update(matmul_gflop_per_s=round(ceiling, 1), matmul_size=args.matmul_size, matmul_dtype=args.dtype)
     if "train_gflop_per_s" in row:

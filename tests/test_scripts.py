@@ -67,10 +67,13 @@ def test_benchmark_times_a_recipe_with_its_own_batch_size_and_augmentation(tmp_p
   recipe = tmp_path / "tiny.flags"
   recipe.write_text("# a recipe header\n--model=mlp\n--image_size=32\n--batch_size=3\n--augment\n"
                     "--aug_blur=1.0\n--aug_erase=0.5\n")
-  r = _script("benchmark.py", "--model=mlp", "--batch=2", "--image_size=32", f"--recipe={recipe}", "--steps=2",
-              "--matmul_size=64", "--rounds=2", "--json")
+  named_as_its_model = tmp_path / "mlp.flags"  # a recipe row says it is one even under its model's name
+  named_as_its_model.write_text("--model=mlp\n--image_size=32\n--batch_size=4\n")
+  r = _script("benchmark.py", "--model=mlp", "--batch=2", "--image_size=32", f"--recipe={recipe}",
+              f"--recipe={named_as_its_model}", "--steps=2", "--matmul_size=64", "--rounds=2", "--json")
   assert r.returncode == 0, r.stderr[-2000:]
-  plain, row = [json.loads(l) for l in r.stdout.splitlines()]
+  plain, row, same_name = [json.loads(l) for l in r.stdout.splitlines()]
+  assert same_name["recipe"] == "mlp" and same_name["model"] == "mlp" and same_name["batch"] == 4
   assert "recipe" not in plain and plain["batch"] == 2 and plain["augment"] is False
   assert row["recipe"] == "tiny" and row["model"] == "mlp" and row["batch"] == 3  # not --batch's 2
   assert row["augment"] is True and row["augment_config"]["erase"] == 0.5 and row["augment_config"]["blur"] == 1.0
