@@ -157,10 +157,7 @@ def bench_model(config: learning.TrainConfig, *, steps: int, recipe: str | None 
               "label": rng.integers(0, 2, batch).astype(np.int32)}
   device_batch = jax.device_put(batch_np)
   kinds = conv_kinds(model, image_size)
-  step = compile_options.jit(functools.partial(
-      learning.train_step, class_weights=jnp.array([1.94, 0.67]),
-      augment_config=config.augment_config if augment else None, label_smoothing=config.label_smoothing,
-      mixup_alpha=config.mixup_alpha, ema_decay=config.ema_decay), donate_argnums=0)
+  step = compile_options.jit(learning.train_step_for(config, jnp.array([1.94, 0.67])), donate_argnums=0)
   key = jax.random.key(1)
   train_flops = _model_flops(step, state, device_batch, key)
   t = time.perf_counter()

@@ -6,6 +6,7 @@ on a machine without TensorFlow. trainer.py runs these over the data in its resu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import functools
 from typing import Any
@@ -167,6 +168,15 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array,
       "label": labels,
   }
   return state, step_metrics
+
+
+def train_step_for(config: TrainConfig, class_weights: jnp.ndarray) -> Callable[..., Any]:
+  """`train_step(state, batch, rng)` with `config`'s step options bound, as the trainer runs it and
+  the benchmark times it (augmentation only with config.augment)."""
+  return functools.partial(train_step, class_weights=class_weights,
+                           augment_config=config.augment_config if config.augment else None,
+                           label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
+                           ema_decay=config.ema_decay)
 
 
 def eval_step(state: TrainState, images: jnp.ndarray, tta: bool = False) -> jnp.ndarray:

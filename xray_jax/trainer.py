@@ -291,11 +291,9 @@ def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite:
     eval_batch_size = parallel.round_up_to_devices(config.eval_batch_size, mesh)
     state = parallel.replicate(state, mesh)
     repl = parallel.replicated(mesh)
-    step_fn = compile_options.jit(functools.partial(
-        learning.train_step, class_weights=jnp.asarray(weights),
-        augment_config=config.augment_config if config.augment else None,
-        label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha, ema_decay=config.ema_decay),
-        in_shardings=(repl, parallel.batch_sharded(mesh), repl), out_shardings=(repl, repl), donate_argnums=0)
+    step_fn = compile_options.jit(learning.train_step_for(config, jnp.asarray(weights)),
+                                  in_shardings=(repl, parallel.batch_sharded(mesh), repl), out_shardings=(repl, repl),
+                                  donate_argnums=0)
     log = MetricsLog(workdir, start_step)
     saved_note = "  (kept: final)" if config.best_metric == "final" else "  (best so far: saved)"
 
