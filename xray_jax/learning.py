@@ -42,6 +42,9 @@ class TrainConfig:
   mixup_alpha: float = 0.0  # > 0: mixup with lam ~ Beta(alpha, alpha) (augment.mixup)
   ema_decay: float = 0.0  # > 0: evaluate an exponential moving average of the weights (TrainState.ema)
   augment: bool = True
+  # Progressive resizing: the first epochs at lower resolutions, as "SIZE:EPOCHS,..." from the start (e.g.
+  # "64:2,96:3"); the remaining epochs, and every evaluation, at image_size. See size_schedule().
+  size_schedule: str = ""
   augment_config: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
   seed: int = 0
   log_every_steps: int = 50
@@ -86,6 +89,46 @@ def create_model(config: TrainConfig) -> nn.Module:
   return models.get_model(config.model, num_classes=config.num_classes, dtype=config.dtype)
 
 
+def size_schedule(config: TrainConfig) -> tuple[tuple[int, int], ...]:
+  """--size_schedule as ((size, epochs), ...), checked: sizes below --image_size, whole epochs, and at
+  least the last epoch at --image_size, so the final weights and BatchNorm statistics are those of the
+  resolution every evaluation uses."""
+  spec = config.size_schedule.replace(" ", "")
+  if not spec:
+    return ()
+  how = (f"--size_schedule={config.size_schedule!r} must be SIZE:EPOCHS pairs separated by commas, e.g. "
+         "64:2,96:3 (2 epochs at 64 px, then 3 at 96, then the rest at --image_size)")
+  pairs = []
+  for part in spec.split(","):
+    size, _, epochs = part.partition(":")
+    if not (size.isdigit() and epochs.isdigit() and int(size) > 0 and int(epochs) > 0):
+      raise UsageError(f"{how}; {part!r} is not.")
+    if int(size) >= config.image_size:
+      raise UsageError(f"{how}; each SIZE below --image_size={config.image_size}, and {size} is not.")
+    pairs.append((int(size), int(epochs)))
+  if sum(e for _, e in pairs) >= config.num_epochs:
+    raise UsageError(f"--size_schedule={config.size_schedule!r} covers {sum(e for _, e in pairs)} epochs; at least "
+                     f"the last of --num_epochs={config.num_epochs} must train at --image_size. Shorten the "
+                     "schedule or raise --num_epochs.")
+  return tuple(pairs)
+
+
+def train_size_at(config: TrainConfig, epoch: int) -> int:
+  """The image size epoch `epoch` (0 first) trains at: --size_schedule's, then --image_size."""
+  for size, epochs in size_schedule(config):
+    if epoch < epochs:
+      return size
+    epoch -= epochs
+  return config.image_size
+
+
+def downscale(images_BxHxWxC: jnp.ndarray, size: int) -> jnp.ndarray:
+  """Images at `size` x `size`, antialiased bilinear: what tf.image.resize(..., antialias=True) gives
+  the input pipeline and the stress set's resolution shifts."""
+  b, _, _, c = images_BxHxWxC.shape
+  return jax.image.resize(images_BxHxWxC, (b, size, size, c), method="linear", antialias=True)
+
+
 def create_learning_rate_fn(config: TrainConfig, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
   """Linear warm-up to --learning_rate, then cosine decay to zero at the last step."""
   warmup = min(int(config.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
@@ -102,6 +145,14 @@ def create_train_state(config: TrainConfig, model: nn.Module, rng: jax.Array,
     variables = jax.jit(functools.partial(model.init, train=False))(rng, dummy)
   except Exception as e:  # e.g. shapes the architecture cannot pool down
     raise UsageError(f"--model={config.model} cannot take --image_size={config.image_size}: {e}") from e
+  for size, _ in size_schedule(config):  # found now, not when training reaches that epoch
+    try:
+      jax.eval_shape(functools.partial(model.apply, train=False),  # as the step applies it
+                     {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})},
+                     dummy[:, :size, :size])
+    except Exception as e:
+      raise UsageError(f"--model={config.model} cannot take size {size} of --size_schedule="
+                       f"{config.size_schedule!r}: {e}") from e
   tx = optax.adamw(learning_rate_fn, weight_decay=config.weight_decay)
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                             batch_stats=variables.get("batch_stats", {}))
@@ -121,9 +172,12 @@ def _global_norm(tree: Any) -> jnp.ndarray:
 
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array, *,
                class_weights: jnp.ndarray, augment_config: augment_lib.AugmentConfig | None,
-               label_smoothing: float = 0.0, mixup_alpha: float = 0.0, ema_decay: float = 0.0
-               ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+               label_smoothing: float = 0.0, mixup_alpha: float = 0.0, ema_decay: float = 0.0,
+               train_size: int | None = None) -> tuple[TrainState, dict[str, jnp.ndarray]]:
   """One optimizer step on uint8 images; augmentation and dropout keyed by (rng, step).
+
+  With `train_size` below the images' size, the (augmented) images are downscaled to it before the
+  model sees them: the augmentation's blur and noise keep their meaning at the input's resolution.
 
   With a moving average in the state, it moves by `ema_decay`, or by less in the first
   steps ((1 + step) / (10 + step), as TensorFlow's ExponentialMovingAverage with
@@ -137,6 +191,8 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array,
   images = model_input(batch["image"])
   if augment_config is not None:
     images = augment_lib.augment_batch(aug_rng, images, augment_config)
+  if train_size is not None and train_size != images.shape[1]:
+    images = downscale(images, train_size)
   labels = batch["label"]
   mix = None
   if mixup_alpha > 0:  # its own key, so runs without mixup draw the same numbers as before
@@ -170,13 +226,16 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array,
   return state, step_metrics
 
 
-def train_step_for(config: TrainConfig, class_weights: jnp.ndarray) -> Callable[..., Any]:
+def train_step_for(config: TrainConfig, class_weights: jnp.ndarray, train_size: int | None = None
+                   ) -> Callable[..., Any]:
   """`train_step(state, batch, rng)` with `config`'s step options bound, as the trainer runs it and
-  the benchmark times it (augmentation only with config.augment)."""
+  the benchmark times it (augmentation only with config.augment), the model fed `train_size` images
+  (an epoch's train_size_at; default --image_size)."""
   return functools.partial(train_step, class_weights=class_weights,
                            augment_config=config.augment_config if config.augment else None,
                            label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
-                           ema_decay=config.ema_decay)
+                           ema_decay=config.ema_decay,
+                           train_size=None if train_size in (None, config.image_size) else train_size)
 
 
 def eval_step(state: TrainState, images: jnp.ndarray, tta: bool = False) -> jnp.ndarray:

@@ -47,6 +47,10 @@ flags.DEFINE_float("ema_decay", _D.ema_decay, "Evaluate, checkpoint-select and p
                    "moving average of the weights and BatchNorm statistics, this decay per step (0: off; "
                    "0.998 averages about the last 500 steps).", lower_bound=0.0, upper_bound=0.9999)
 flags.DEFINE_bool("augment", _D.augment, "On-device random affine and intensity augmentation in training.")
+flags.DEFINE_string("size_schedule", _D.size_schedule, "Progressive resizing: train the first epochs at lower "
+                    "resolutions, SIZE:EPOCHS pairs from the start, e.g. 64:2,96:3 (2 epochs at 64 px, 3 at 96, the "
+                    "rest at --image_size). Each batch is augmented at --image_size, then downscaled; evaluation "
+                    "always runs at --image_size. Empty: every epoch at --image_size.")
 flags.DEFINE_float("aug_rotate_deg", _D.augment_config.rotate_deg, "Max rotation, degrees.")
 flags.DEFINE_float("aug_scale", _D.augment_config.scale, "Max zoom change (fraction).")
 flags.DEFINE_float("aug_shift", _D.augment_config.shift, "Max shift (fraction of the image size).")

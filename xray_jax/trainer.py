@@ -291,9 +291,13 @@ def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite:
     eval_batch_size = parallel.round_up_to_devices(config.eval_batch_size, mesh)
     state = parallel.replicate(state, mesh)
     repl = parallel.replicated(mesh)
-    step_fn = compile_options.jit(learning.train_step_for(config, jnp.asarray(weights)),
-                                  in_shardings=(repl, parallel.batch_sharded(mesh), repl), out_shardings=(repl, repl),
-                                  donate_argnums=0)
+
+    @functools.lru_cache(maxsize=None)  # one compiled step per size of --size_schedule
+    def step_fn(train_size: int):
+      return compile_options.jit(learning.train_step_for(config, jnp.asarray(weights), train_size),
+                                 in_shardings=(repl, parallel.batch_sharded(mesh), repl),
+                                 out_shardings=(repl, repl), donate_argnums=0)
+
     log = MetricsLog(workdir, start_step)
     saved_note = "  (kept: final)" if config.best_metric == "final" else "  (best so far: saved)"
 
@@ -327,6 +331,7 @@ def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite:
     pending = None  # (step, device metrics, file names): fetched one step late, so the host never stalls
     epoch_outputs: dict[str, list[np.ndarray]] = {"label": [], "prob": [], "nll": []}
     t0, steps_timed = time.perf_counter(), 0
+    train_size = learning.train_size_at(config, step // steps_per_epoch)
 
     def collect(p) -> dict[str, np.ndarray]:
       s, m, names = p
@@ -338,6 +343,11 @@ def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite:
 
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
+      if learning.train_size_at(config, epoch) != train_size:  # a new step to compile, a new rate to time
+        train_size, steps_timed = learning.train_size_at(config, epoch), 0
+      if train_size != config.image_size:
+        logging.info("Epoch %d trains at %dx%d (--size_schedule=%s).", epoch + 1, train_size, train_size,
+                     config.size_schedule)
       batches = input_pipeline.train_batches(
           train_ds, num_examples=n_train, batch_size=parallel.local_batch_size(config.batch_size),
           steps_per_epoch=steps_per_epoch, seed=config.seed, epoch=epoch, skip_batches=offset,
@@ -346,7 +356,7 @@ def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite:
         if step >= total_steps:
           break
         device_batch = parallel.put_local_batch({"image": batch["image"], "label": batch["label"]}, mesh)
-        state, m = step_fn(state, device_batch, train_rng)
+        state, m = step_fn(train_size)(state, device_batch, train_rng)
         step += 1
         if pending is not None:
           last = collect(pending)
