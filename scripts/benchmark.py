@@ -141,6 +141,39 @@ def recipe_config(path: str) -> learning.TrainConfig:
   return train.config_from_flags()
 
 
+def _jitted_step(config: learning.TrainConfig, train_size: int | None = None):
+  """The train step as the trainer jits it (its class weights: the shared data's)."""
+  return compile_options.jit(learning.train_step_for(config, jnp.array([1.94, 0.67]), train_size), donate_argnums=0)
+
+
+def _warm_caller(step, holder: dict, device_batch: dict, key: jax.Array) -> Callable[[], jax.Array]:
+  """One call of compiled `step` on holder["state"] (donated, then replaced), after three warm-up calls."""
+  def one_step():
+    holder["state"], m = step(holder["state"], device_batch, key)
+    return m["loss"]
+
+  for _ in range(3):
+    one_step()
+  return one_step
+
+
+def schedule_rates(config: learning.TrainConfig, holder: dict, device_batch: dict, key: jax.Array, steps: int,
+                   full_rate: float) -> dict:
+  """With a --size_schedule: the step's images/s at each of its sizes (the same batch, downscaled in the
+  step as in training) and the run's mean rate, its images over the schedule's summed step time."""
+  schedule = learning.size_schedule(config)
+  if not schedule:
+    return {}
+  rates = {config.image_size: full_rate}
+  for size, _ in schedule:
+    step = _jitted_step(config, size).lower(holder["state"], device_batch, key).compile()
+    rates[size] = config.batch_size / _timed(_warm_caller(step, holder, device_batch, key), steps)[0]
+  epochs = [*schedule, (config.image_size, config.num_epochs - sum(e for _, e in schedule))]
+  return {"size_schedule": config.size_schedule,
+          "train_img_per_s_by_size": {str(s): round(r, 1) for s, r in sorted(rates.items())},
+          "train_img_per_s_schedule": round(config.num_epochs / sum(e / rates[s] for s, e in epochs), 1)}
+
+
 def bench_model(config: learning.TrainConfig, *, steps: int, recipe: str | None = None,
                 profile_dir: str | None = None,
                 profile_steps: int = 5) -> tuple[dict, Callable[[], jax.Array], Callable[[], jax.Array]]:
@@ -157,21 +190,16 @@ def bench_model(config: learning.TrainConfig, *, steps: int, recipe: str | None 
               "label": rng.integers(0, 2, batch).astype(np.int32)}
   device_batch = jax.device_put(batch_np)
   kinds = conv_kinds(model, image_size)
-  step = compile_options.jit(learning.train_step_for(config, jnp.array([1.94, 0.67])), donate_argnums=0)
+  step = _jitted_step(config)
   key = jax.random.key(1)
   train_flops = _model_flops(step, state, device_batch, key)
   t = time.perf_counter()
   step = step.lower(state, device_batch, key).compile()  # timed once here, then called: no second compilation
   compile_s = time.perf_counter() - t
   holder = {"state": state}
-
-  def one_step():
-    holder["state"], m = step(holder["state"], device_batch, key)
-    return m["loss"]
-
-  for _ in range(3):
-    one_step()
+  one_step = _warm_caller(step, holder, device_batch, key)
   train_s, faults_per_step = _timed(one_step, steps)
+  scheduled = schedule_rates(config, holder, device_batch, key, steps, batch / train_s)
   profiled = {}
   if profile_dir:
     try:
@@ -205,7 +233,8 @@ def bench_model(config: learning.TrainConfig, *, steps: int, recipe: str | None 
          "malloc": MALLOC, "train_page_faults_per_step": round(faults_per_step),
          "infer_page_faults_per_call": round(infer_faults),
          "train_compile_s": round(compile_s, 1),
-         "train_img_per_s": round(batch / train_s, 1), "infer_img_per_s": round(256 / infer_s, 1), **profiled}
+         "train_img_per_s": round(batch / train_s, 1), "infer_img_per_s": round(256 / infer_s, 1), **scheduled,
+         **profiled}
   if train_flops:
     out["train_gflop_per_image"] = round(train_flops / batch / 1e9, 3)
     out["train_gflop_per_s"] = round(train_flops / train_s / 1e9, 1)
@@ -377,7 +406,7 @@ def main():
   ap.add_argument("--recipe", action="append", default=[],
                   help="a train flag file (experiments/<name>.flags), timed as it trains: its model, batch, image "
                   "size, dtype and augmentation, whatever --batch, --image_size, --dtype and --augment say; after "
-                  "any --model rows")
+                  "any --model rows. With a --size_schedule, also its step at each size and the run's mean rate")
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
   ap.add_argument("--plain_conv", action="store_true",
                   help="models use nn.Conv instead of layers.Conv: what layers.Conv's gradient passes deliver "

@@ -171,3 +171,30 @@ def test_full_disk_is_refused_before_training(prepared_sample, tmp_path, monkeyp
   with pytest.raises(UsageError, match=r"has 0 MiB free; this run's checkpoints need about \d+ MiB"):
     trainer.train_and_evaluate(_config(tfds_dir), str(tmp_path))
   assert not os.path.exists(tmp_path / checkpoints.LATEST)  # refused before anything was trained
+
+
+def test_a_run_killed_in_its_low_resolution_epochs_resumes_at_their_size(prepared_sample, tmp_path):
+  # Two epochs at 32 px, then one at 64 (8 steps an epoch on the sample): a kill in the first two must
+  # resume at 32 px with the same state, and the run must end where one never stopped ends.
+  _, tfds_dir = prepared_sample
+  config = _config(tfds_dir, image_size=64, size_schedule="32:2")
+  reference = str(tmp_path / "reference")
+  trainer.train_and_evaluate(config, reference)
+  workdir = str(tmp_path / "killed")
+  proc = subprocess.Popen(_cmd(config, workdir), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while proc.poll() is None and time.time() < deadline and not _steps(workdir):
+    time.sleep(0.005)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = _steps(workdir)[-1]
+  assert killed_at < 16, f"killed at step {killed_at}, after the 32-px epochs: this test needs an earlier kill"
+  r = subprocess.run(_cmd(config, workdir), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"Resuming from step {killed_at}" in r.stderr
+  assert f"Epoch {killed_at // 8 + 1} trains at 32x32" in r.stderr
+  assert _final_digest(workdir) == _final_digest(reference)
+  val = lambda wd: [{k: v for k, v in json.loads(l).items() if not k.startswith("train_")}
+                    for l in open(os.path.join(wd, "metrics.jsonl"))]  # train_: the resumed epoch's steps only
+  assert val(workdir) == val(reference)

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, SAMPLE_DIR
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
@@ -69,10 +71,18 @@ def test_benchmark_times_a_recipe_with_its_own_batch_size_and_augmentation(tmp_p
                     "--aug_blur=1.0\n--aug_erase=0.5\n")
   named_as_its_model = tmp_path / "mlp.flags"  # a recipe row says it is one even under its model's name
   named_as_its_model.write_text("--model=mlp\n--image_size=32\n--batch_size=4\n")
+  progressive = tmp_path / "progressive.flags"  # 1 epoch at 32 px, then 2 at 64
+  progressive.write_text("--model=cnn\n--image_size=64\n--size_schedule=32:1\n--num_epochs=3\n--batch_size=2\n")
   r = _script("benchmark.py", "--model=mlp", "--batch=2", "--image_size=32", f"--recipe={recipe}",
-              f"--recipe={named_as_its_model}", "--steps=2", "--matmul_size=64", "--rounds=2", "--json")
+              f"--recipe={named_as_its_model}", f"--recipe={progressive}", "--steps=2", "--matmul_size=64",
+              "--rounds=2", "--json")
   assert r.returncode == 0, r.stderr[-2000:]
-  plain, row, same_name = [json.loads(l) for l in r.stdout.splitlines()]
+  plain, row, same_name, sched = [json.loads(l) for l in r.stdout.splitlines()]
+  assert sched["size_schedule"] == "32:1" and "size_schedule" not in row
+  rates = sched["train_img_per_s_by_size"]
+  assert set(rates) == {"32", "64"} and rates["64"] == sched["train_img_per_s"]
+  # The run's mean: its 3 epochs' images over their summed step time.
+  assert sched["train_img_per_s_schedule"] == pytest.approx(3 / (1 / rates["32"] + 2 / rates["64"]), rel=0.01)
   assert same_name["recipe"] == "mlp" and same_name["model"] == "mlp" and same_name["batch"] == 4
   assert "recipe" not in plain and plain["batch"] == 2 and plain["augment"] is False
   assert row["recipe"] == "tiny" and row["model"] == "mlp" and row["batch"] == 3  # not --batch's 2

@@ -49,6 +49,47 @@ def test_train_step_without_augmentation_sees_the_raw_images():
   assert float(m["loss"]) == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_size_schedule_names_the_size_of_every_epoch_and_refuses_bad_specs():
+  config = learning.TrainConfig(image_size=128, num_epochs=10, size_schedule="64:2, 96:3")
+  assert learning.size_schedule(config) == ((64, 2), (96, 3))
+  assert [learning.train_size_at(config, e) for e in range(10)] == [64, 64, 96, 96, 96] + [128] * 5
+  assert [learning.train_size_at(dataclasses.replace(config, size_schedule=""), e) for e in (0, 9)] == [128, 128]
+  for bad, says in (("64", "SIZE:EPOCHS"), ("64:0", "SIZE:EPOCHS"), ("x:1", "SIZE:EPOCHS"), ("64:2,", "SIZE:EPOCHS"),
+                    ("128:1", "below --image_size"), ("64:4,96:6", "at least the last")):
+    with pytest.raises(UsageError, match=f"--size_schedule=.*{says}"):
+      learning.size_schedule(dataclasses.replace(config, size_schedule=bad))
+
+
+@pytest.mark.parametrize("model_name,size,schedule", [("cnn", 128, "80:1"), ("mlp", 64, "32:1")])
+def test_a_size_the_model_cannot_take_is_refused_before_training(model_name, size, schedule):
+  # cnn pools five times (80 is not a multiple of 32); the MLP's first layer is sized by its input.
+  config = learning.TrainConfig(model=model_name, image_size=size, size_schedule=schedule)
+  with pytest.raises(UsageError, match=f"--model={model_name} cannot take size .* of --size_schedule"):
+    learning.create_train_state(config, models.get_model(model_name), jax.random.key(0), lambda s: 1e-3)
+
+
+def test_downscale_is_the_input_pipelines_antialiased_resize():
+  import tensorflow as tf  # the pipeline's and the stress set's resize, the reference
+  x = np.random.default_rng(0).random((2, 64, 64, 1)).astype(np.float32)
+  for size in (32, 48):
+    ref = tf.image.resize(x, (size, size), method="bilinear", antialias=True).numpy()
+    np.testing.assert_allclose(np.asarray(learning.downscale(jnp.asarray(x), size)), ref, atol=2e-6)
+
+
+def test_train_step_at_a_lower_size_feeds_the_model_the_downscaled_images():
+  config, state = _state(size=64)
+  batch, w = _batch(size=64), jnp.array([1.5, 0.5])
+  config = dataclasses.replace(config, augment=False)
+  _, m = jax.jit(learning.train_step_for(config, w, train_size=32))(state, batch, jax.random.key(1))
+  logits, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                             learning.downscale(batch["image"] / 255.0, 32), train=True, mutable=["batch_stats"])
+  logp = jax.nn.log_softmax(logits)
+  expected = -jnp.mean(logp[jnp.arange(8), batch["label"]] * w[batch["label"]])
+  assert float(m["loss"]) == pytest.approx(float(expected), rel=1e-5)
+  _, full = jax.jit(learning.train_step_for(config, w, train_size=64))(state, batch, jax.random.key(1))
+  assert float(full["loss"]) != pytest.approx(float(m["loss"]), rel=1e-3)  # the full size is another step
+
+
 def test_train_step_is_pure_and_reproducible():
   config, state = _state()
   step = jax.jit(functools.partial(learning.train_step, class_weights=jnp.ones(2),
