@@ -177,7 +177,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array,
   """One optimizer step on uint8 images; augmentation and dropout keyed by (rng, step).
 
   With `train_size` below the images' size, the (augmented) images are downscaled to it before the
-  model sees them: the augmentation's blur and noise keep their meaning at the input's resolution.
+  model sees them: the augmentation's blur and noise keep their meaning, in pixels of the input.
 
   With a moving average in the state, it moves by `ema_decay`, or by less in the first
   steps ((1 + step) / (10 + step), as TensorFlow's ExponentialMovingAverage with

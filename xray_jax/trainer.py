@@ -252,6 +252,7 @@ def load_training_data(config: learning.TrainConfig, workdir: str, overwrite: bo
 def train_and_evaluate(config: learning.TrainConfig, workdir: str, *, overwrite: bool = False) -> dict[str, Any]:
   """Trains (resuming from the workdir's last checkpoint), keeps the best, returns its metrics."""
   models.get_model(config.model)  # fail fast on an unknown name, before any data work
+  learning.size_schedule(config)  # and on a malformed --size_schedule
   if config.best_metric not in BEST_METRICS:
     raise UsageError(f"--best_metric={config.best_metric!r} must be one of {', '.join(BEST_METRICS)}.")
   mesh = parallel.make_mesh()
