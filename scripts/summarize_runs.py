@@ -4,6 +4,7 @@
     python scripts/summarize_runs.py "cnn, ensemble of 3=runs/cnn_s0/reports/ensemble_validation_stress.json"
     python scripts/summarize_runs.py --report=validation_unseen --per_shift cnn cnn_plain
     python scripts/summarize_runs.py --subgroups cnn
+    python scripts/summarize_runs.py --per_run cnn cnn_progressive
     python scripts/summarize_runs.py --against=validation_stress_latest "all=runs/cnn_s*/reports/validation_stress.json,other/runs/*_s0/reports/validation_stress.json"
 
 An argument NAME reads runs/NAME_s*/reports/REPORT.json (--report, default validation_stress;
@@ -15,7 +16,11 @@ bacteria, virus, NORMAL2-IM, IM): its sensitivity or specificity at the run's th
 unshifted images and its mean and worst over the stress shifts. --against=OTHER adds, after each
 row, the paired differences OTHER minus REPORT over the runs that have both (OTHER.json beside
 each report, e.g. the same runs evaluated at another checkpoint), with in how many runs OTHER's
-figure is at least REPORT's.
+figure is at least REPORT's. --per_run adds a table of one row per run and a mean row, of the
+figures the recipe ideas since 37 are judged by (experiments/RESULTS.md): the worst standard shift
+and which, the left-out sensitivity and specificity, from validation_unseen.json beside the report
+the worst unseen shift other than --unseen_exclude and the worst of all, collimation's sensitivity at
+the run's threshold, the threshold, and the train wall time.
 """
 
 import argparse
@@ -91,6 +96,42 @@ def _paired(pairs: list[tuple[dict, dict]]) -> list[str]:
   return cells
 
 
+def _worst(shifts: dict, exclude: tuple[str, ...] = ()) -> tuple[float, str] | None:
+  """The lowest ROC AUC among `shifts` not in `exclude`, and its shift."""
+  kept = [(v["roc_auc"], k) for k, v in shifts.items() if k not in exclude]
+  return min(kept) if kept else None
+
+
+def per_run_rows(label: str, paths: list[str], exclude: tuple[str, ...]) -> list[list[str]]:
+  """One row per report in `paths` (its run's folder name) and a mean ± sd row: see --per_run."""
+  cols: list[list[float | None]] = []  # per run, each column's figure
+  rows = []
+  for p in paths:
+    r, reports_dir = _load(p), os.path.dirname(p)
+    unseen_path = os.path.join(reports_dir, "validation_unseen.json")
+    unseen = _load(unseen_path)["stress"]["shifts"] if os.path.exists(unseen_path) else {}
+    wall_path = os.path.join(os.path.dirname(reports_dir), "wall_time_s.txt")
+    left_out = r["stress"]["threshold_rules"]["stress_youden_left_out"]["mean"]
+    figures = [_worst(r["stress"]["shifts"]), (left_out["sensitivity"], ""), (left_out["specificity"], ""),
+               _worst(unseen, exclude), _worst(unseen),
+               (unseen["collimation"]["sensitivity"], "") if "collimation" in unseen else None,
+               (r["at_chosen_threshold"]["threshold"], ""),
+               (float(open(wall_path).read()), "") if os.path.exists(wall_path) else None]
+    cols.append([f[0] if f else None for f in figures])
+    name = os.path.basename(os.path.dirname(reports_dir))
+    rows.append([label, name] + ["n/a" if f is None else f"{f[0]:.4f}" + (f" ({f[1]})" if f[1] else "")
+                                 for f in figures[:-1]]
+                + ["n/a" if figures[-1] is None else f"{figures[-1][0]:.0f}"])
+  digits = [4] * (len(PER_RUN_HEADER) - 3) + [0]  # seconds as whole numbers
+  means = [_fmt([c[i] for c in cols if c[i] is not None], digits[i], of=len(cols)) for i in range(len(digits))]
+  return rows + [[label, "mean ± sd"] + means]
+
+
+PER_RUN_HEADER = ["experiment", "run", "stress AUC worst (shift)", "left-out sens", "left-out spec",
+                  "unseen AUC worst, excluded ones aside (shift)", "unseen AUC worst (shift)",
+                  "collimation sens @thr", "threshold", "train wall time (s)"]
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("groups", nargs="+")
@@ -101,8 +142,12 @@ def main():
                   "and specificity at the run's threshold")
   ap.add_argument("--subgroups", action="store_true", help="also a table: each file-name subgroup's sensitivity "
                   "or specificity, unshifted and over the stress shifts")
+  ap.add_argument("--per_run", action="store_true", help="also a table: each run's worst standard shift, "
+                  "left-out operating point, worst unseen shifts, collimation sensitivity, threshold and wall time")
+  ap.add_argument("--unseen_exclude", default="markers,collimation",
+                  help="with --per_run: unseen shifts the 'excluded ones aside' column leaves out")
   args = ap.parse_args()
-  per_shift, per_subgroup = [], []
+  per_shift, per_subgroup, per_run = [], [], []
   header = ["experiment", "n"] + [c for c, _ in COLUMNS] + ["Kaggle val/ acc @thr (16 images)", "train wall time (min)"]
   print("| " + " | ".join(header) + " |")
   print("|" + "---|" * len(header))
@@ -136,6 +181,8 @@ def main():
       pairs = [(r, _load(o)) for r, o in zip(reports, others) if os.path.exists(o)]
       print("| " + " | ".join([f"{label}: {args.against} minus {args.report}", str(len(pairs))] + _paired(pairs)
                               + ["", ""]) + " |")
+    if args.per_run:
+      per_run += per_run_rows(label, paths, tuple(x for x in args.unseen_exclude.split(",") if x))
     shifts = list(reports[0].get("stress", {}).get("shifts", {})) if reports and args.per_shift else []
     for shift in shifts:
       got = [r["stress"]["shifts"][shift] for r in reports if shift in r.get("stress", {}).get("shifts", {})]
@@ -153,6 +200,11 @@ def main():
     print("\n| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in per_subgroup:
+      print("| " + " | ".join(row) + " |")
+  if args.per_run:
+    print("\n| " + " | ".join(PER_RUN_HEADER) + " |")
+    print("|" + "---|" * len(PER_RUN_HEADER))
+    for row in per_run:
       print("| " + " | ".join(row) + " |")
   if args.per_shift:
     header = ["experiment", "shift", "n", "ROC AUC", "sens @thr", "spec @thr"]

@@ -246,6 +246,30 @@ def test_summarize_runs_gives_mean_and_spread_and_says_when_a_figure_has_fewer_r
       "0.8300 ± 0.0424", "0.7300 ± 0.0424", "blur, noise"]
 
 
+def test_summarize_runs_per_run_table_names_each_runs_worst_shifts_and_means_them(tmp_path):
+  left_out = {"stress_youden_left_out": {"mean": {"sensitivity": 0.98, "specificity": 0.97}}}
+  for seed, (zoom, unsharp, coll, wall) in enumerate([(0.995, 0.999, 0.97, "800"), (0.999, 0.994, 0.99, None)]):
+    d = tmp_path / f"exp_s{seed}" / "reports"
+    d.mkdir(parents=True)
+    stress = {"roc_auc": 0.99, "at_chosen_threshold": {"threshold": 0.3 + 0.1 * seed},
+              "stress": {"threshold_rules": left_out, "shifts": {"zoom_out": {"roc_auc": zoom}, "blur": {"roc_auc": 0.997}}}}
+    unseen = {"stress": {"shifts": {"unsharp": {"roc_auc": unsharp}, "equalize": {"roc_auc": 0.996},
+                                    "collimation": {"roc_auc": coll, "sensitivity": 0.5 + 0.2 * seed}}}}
+    (d / "validation_stress.json").write_text(json.dumps(stress))
+    (d / "validation_unseen.json").write_text(json.dumps(unseen))
+    if wall:
+      (d.parent / "wall_time_s.txt").write_text(wall)
+  r = _script("summarize_runs.py", "exp", f"--runs_dir={tmp_path}", "--per_run")
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = [[c.strip() for c in l.strip("|").split("|")] for l in r.stdout.splitlines()[-3:]]
+  assert rows[0] == ["exp", "exp_s0", "0.9950 (zoom_out)", "0.9800", "0.9700", "0.9960 (equalize)",
+                     "0.9700 (collimation)", "0.5000", "0.3000", "800"]
+  assert rows[1][2] == "0.9970 (blur)" and rows[1][5] == "0.9940 (unsharp)" and rows[1][-1] == "n/a"
+  assert rows[2][:3] == ["exp", "mean ± sd", "0.9960 ± 0.0014"] and rows[2][-1] == "800 (n=1)"
+  r = _script("summarize_runs.py", "exp", f"--runs_dir={tmp_path}", "--per_run", "--unseen_exclude=")
+  assert [c.strip() for c in r.stdout.splitlines()[-3].strip("|").split("|")][5] == "0.9700 (collimation)"
+
+
 def test_prior_shift_set_drops_whole_patients_of_one_class_and_copies_files_unchanged(prepared_sample, tmp_path):
   import collections
   import filecmp
