@@ -18,7 +18,7 @@ row, the paired differences OTHER minus REPORT over the runs that have both (OTH
 each report, e.g. the same runs evaluated at another checkpoint), with in how many runs OTHER's
 figure is at least REPORT's. --per_run adds a table of one row per run and a mean row, of the
 figures the recipe ideas since 37 are judged by (experiments/RESULTS.md): the worst standard shift
-and which, the left-out sensitivity and specificity, from validation_unseen.json beside the report
+and which, the left-out sensitivity and specificity, from the unseen report beside it (X_stress.json: X_unseen.json)
 the worst unseen shift other than --unseen_exclude and the worst of all, collimation's sensitivity at
 the run's threshold, the threshold, and the train wall time.
 """
@@ -108,9 +108,13 @@ def per_run_rows(label: str, paths: list[str], exclude: tuple[str, ...]) -> list
   rows = []
   for p in paths:
     r, reports_dir = _load(p), os.path.dirname(p)
-    unseen_path = os.path.join(reports_dir, "validation_unseen.json")
+    # The unseen report of the same model: X_stress.json pairs with X_unseen.json (an ensemble's
+    # report with the ensemble's, not with its first member's validation_unseen.json).
+    stem = os.path.basename(p)[:-len(".json")]
+    unseen_path = os.path.join(reports_dir, stem[:-len("stress")] + "unseen.json") if stem.endswith("stress") else ""
     unseen = _load(unseen_path)["stress"]["shifts"] if os.path.exists(unseen_path) else {}
-    wall_path = os.path.join(os.path.dirname(reports_dir), "wall_time_s.txt")
+    ensemble = "ensemble" in r.get("extra", {})  # several runs' training: no one wall time
+    wall_path = "" if ensemble else os.path.join(os.path.dirname(reports_dir), "wall_time_s.txt")
     left_out = r["stress"]["threshold_rules"]["stress_youden_left_out"]["mean"]
     figures = [_worst(r["stress"]["shifts"]), (left_out["sensitivity"], ""), (left_out["specificity"], ""),
                _worst(unseen, exclude), _worst(unseen),

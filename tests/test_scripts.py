@@ -270,6 +270,25 @@ def test_summarize_runs_per_run_table_names_each_runs_worst_shifts_and_means_the
   assert [c.strip() for c in r.stdout.splitlines()[-3].strip("|").split("|")][5] == "0.9700 (collimation)"
 
 
+def test_summarize_runs_per_run_reads_an_ensembles_own_unseen_report_and_no_member_wall_time(tmp_path):
+  # An ensemble's reports sit in its first member's folder, beside that run's own: a row must not
+  # take the member's unseen figures or training time for the ensemble's.
+  d = tmp_path / "exp_s0" / "reports"
+  d.mkdir(parents=True)
+  left_out = {"stress_youden_left_out": {"mean": {"sensitivity": 0.98, "specificity": 0.97}}}
+  stress = {"roc_auc": 0.99, "at_chosen_threshold": {"threshold": 0.4}, "extra": {"ensemble": "a, b, c"},
+            "stress": {"threshold_rules": left_out, "shifts": {"zoom_out": {"roc_auc": 0.997}}}}
+  unseen = lambda coll: {"stress": {"shifts": {"collimation": {"roc_auc": coll, "sensitivity": coll - 0.1}}}}
+  (d / "mix_validation_stress.json").write_text(json.dumps(stress))
+  (d / "mix_validation_unseen.json").write_text(json.dumps(unseen(0.993)))
+  (d / "validation_unseen.json").write_text(json.dumps(unseen(0.950)))  # the first member's own
+  (d.parent / "wall_time_s.txt").write_text("1000")
+  r = _script("summarize_runs.py", f"mix={d}/mix_validation_stress.json", "--per_run")
+  assert r.returncode == 0, r.stderr[-2000:]
+  row = [c.strip() for c in r.stdout.splitlines()[-2].strip("|").split("|")]
+  assert row[6:8] == ["0.9930 (collimation)", "0.8930"] and row[-1] == "n/a"
+
+
 def test_prior_shift_set_drops_whole_patients_of_one_class_and_copies_files_unchanged(prepared_sample, tmp_path):
   import collections
   import filecmp
