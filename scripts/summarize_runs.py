@@ -18,8 +18,8 @@ row, the paired differences OTHER minus REPORT over the runs that have both (OTH
 each report, e.g. the same runs evaluated at another checkpoint), with in how many runs OTHER's
 figure is at least REPORT's. --per_run adds a table of one row per run and a mean row, of the
 figures the recipe ideas since 37 are judged by (experiments/RESULTS.md): the worst standard shift
-and which, the left-out sensitivity and specificity, from the unseen report beside it (X_stress.json: X_unseen.json)
-the worst unseen shift other than --unseen_exclude and the worst of all, collimation's sensitivity at
+and which, the left-out sensitivity and specificity; from the unseen report beside it (X_stress.json pairs
+with X_unseen.json), the worst unseen shift other than --unseen_exclude and the worst of all, collimation's sensitivity at
 the run's threshold, the threshold, and the train wall time.
 """
 

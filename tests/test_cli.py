@@ -74,13 +74,21 @@ def test_verbosity_shows_the_traceback(tmp_path):
 
 FLAG_FILES = sorted(f[:-6] for f in os.listdir(os.path.join(REPO, "experiments")) if f.endswith(".flags"))
 
-# One Python process per kind of flag file parses them all, each from absl's defaults
-# (unparse_flags), instead of one process per file: 33 imports of jax and TensorFlow cost minutes.
+
+def _flag_file(name):
+  return os.path.join(REPO, "experiments", f"{name}.flags")
+
+
+# Each kind of flag file, its imports and what it prints: for train the config it would run, for
+# evaluate (a file with --ensemble=) the ensemble. One process per kind parses all its files, each
+# from absl's defaults (unparse_flags), instead of one process per file: 33 imports of jax and
+# TensorFlow cost minutes.
+_PARSERS = {"evaluate": ("from xray_jax import evaluate; evaluate.define_flags()", "flags.FLAGS.ensemble"),
+            "train": ("from xray_jax import train", "train.config_from_flags()")}
 _PARSE_ALL = """
 import json, sys
 from absl import flags
-from xray_jax import {module}
-{define}
+{setup}
 for path in sys.argv[1:]:
   flags.FLAGS.unparse_flags()
   try:
@@ -94,18 +102,13 @@ for path in sys.argv[1:]:
 
 @pytest.fixture(scope="module")
 def parsed_flag_files():
-  """{name: (parsed, stdout or error)}: absl checks every name and value; for a train flag file
-  the printed config is what train would run, for an evaluate one (--ensemble=) the ensemble."""
-  paths = {name: os.path.join(REPO, "experiments", f"{name}.flags") for name in FLAG_FILES}
-  is_evaluate = {name: "--ensemble=" in open(path).read() for name, path in paths.items()}
-  kinds = [("evaluate", "evaluate.define_flags()", "flags.FLAGS.ensemble", True),
-           ("train", "", "train.config_from_flags()", False)]
+  """{name: (parsed, what it printed or the error)}; absl checks every name and value."""
+  kind = {n: "evaluate" if "--ensemble=" in open(_flag_file(n)).read() else "train" for n in FLAG_FILES}
   parsed = {}
-  for module, define, result, evaluate_files in kinds:
-    files = [paths[n] for n in FLAG_FILES if is_evaluate[n] == evaluate_files]
-    code = _PARSE_ALL.format(module=module, define=define, result=result)
-    r = subprocess.run([sys.executable, "-c", code, *files], cwd=REPO, env=ENV, capture_output=True,
-                       text=True, timeout=300)
+  for k, (setup, result) in _PARSERS.items():
+    files = [_flag_file(n) for n in FLAG_FILES if kind[n] == k]
+    r = subprocess.run([sys.executable, "-c", _PARSE_ALL.format(setup=setup, result=result), *files], cwd=REPO,
+                       env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     for line in r.stdout.splitlines():
       if line.startswith("FLAGFILE "):
@@ -116,8 +119,7 @@ def parsed_flag_files():
 
 @pytest.mark.parametrize("name", FLAG_FILES)
 def test_every_experiment_flag_file_parses_and_says_how_to_run_it(name, parsed_flag_files):
-  path = os.path.join(REPO, "experiments", f"{name}.flags")
-  text = open(path).read()
+  text = open(_flag_file(name)).read()
   assert f"--flagfile=experiments/{name}.flags" in text and "Expected" in text  # the header's command and figures
   assert name in parsed_flag_files, "its parsing process printed nothing for it"
   ok, out = parsed_flag_files[name]
